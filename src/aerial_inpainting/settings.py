@@ -2,6 +2,11 @@
 
 from kedro.config import OmegaConfigLoader
 
+from aerial_inpainting.hooks import DataSourceHook
+
+# kedro-mlflow registers its own hook through its plugin entry point.
+HOOKS = (DataSourceHook(),)
+
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {
     "base_env": "base",

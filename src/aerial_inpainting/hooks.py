@@ -1,0 +1,31 @@
+"""Kedro hooks of the project."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from kedro.framework.hooks import hook_impl
+from kedro.pipeline.node import Node
+
+logger = logging.getLogger(__name__)
+
+
+class DataSourceHook:
+    """Records with the MLflow run whether the images were real SkyView or synthetic."""
+
+    @hook_impl
+    def after_node_run(self, node: Node, outputs: dict[str, Any]) -> None:
+        if node.name != "ingest_images" or "image_index" not in outputs:
+            return
+        index = outputs["image_index"]
+        sources = sorted(set(index["data_source"])) if len(index) else ["none"]
+        data_source = "+".join(sources)
+        try:
+            import mlflow
+
+            if mlflow.active_run() is not None:
+                mlflow.set_tag("data_source", data_source)
+                mlflow.set_tag("n_images", str(len(index)))
+        except Exception as exc:  # tracking must never break the pipeline
+            logger.warning("Could not record data_source=%s in MLflow: %s", data_source, exc)

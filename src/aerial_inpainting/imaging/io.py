@@ -1,0 +1,176 @@
+"""Reading image files into 8-bit RGB arrays of a fixed square size.
+
+Conversion rules (documented in the README, tested in tests/data_processing):
+
+* RGB is kept as decoded: a 256x256 JPEG is stored pixel-for-pixel, never re-encoded.
+* Grayscale (L, 1) is replicated to three channels.
+* Alpha (RGBA, LA, PA, P with transparency) is composited on black: ``rgb * alpha / 255``,
+  so transparent no-data areas become black instead of showing hidden colours.
+* Palette (P) images are expanded through their palette.
+* CMYK uses Pillow's conversion (R = (255 - C) * (255 - K) / 255, ...).
+* 16-bit grayscale (I;16, I;16B, I) is scaled linearly: ``round(v * 255 / 65535)``.
+* Other sizes are centre-cropped to a square and resized with Lanczos filtering.
+  Images whose shorter side is below the target size are, by policy, skipped or upscaled.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff"})
+SMALL_IMAGE_POLICIES = ("skip", "upscale")
+
+# Modes holding 16-bit (or wider integer) samples, scaled to 8 bits.
+_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+
+
+class ImageReadError(ValueError):
+    """A file that cannot become an 8-bit RGB image; ``reason`` says why, for reports."""
+
+    def __init__(self, path: str | Path, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """A decoded, converted image and what the source file looked like."""
+
+    pixels: np.ndarray  # uint8 (size, size, 3)
+    original_width: int
+    original_height: int
+    original_mode: str
+    upscaled: bool = False
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ImageReadError(path, f"cannot read file: {exc.strerror or exc}") from exc
+    if not data:
+        raise ImageReadError(path, "empty file (0 bytes)")
+    return data
+
+
+def _open_header(path: Path, data: bytes) -> Image.Image:
+    """Parse the header only (lazy Pillow image over the in-memory bytes)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(io.BytesIO(data))
+    except UnidentifiedImageError as exc:
+        raise ImageReadError(path, "not a readable image (unknown or corrupt format)") from exc
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise ImageReadError(path, f"corrupt image header ({exc})") from exc
+
+
+def _load(path: Path, image: Image.Image) -> Image.Image:
+    """Fully decode with Pillow: truncated or corrupt data fail here."""
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise ImageReadError(path, f"corrupt or truncated image ({exc})") from exc
+    return image
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """Open and fully decode an image file, turning every failure into ImageReadError."""
+    path = Path(path)
+    data = _read_bytes(path)
+    return _load(path, _open_header(path, data))
+
+
+def _composite_on_black(rgba: np.ndarray) -> np.ndarray:
+    """Premultiply RGB by alpha (integer arithmetic, round half up)."""
+    rgb = rgba[..., :3].astype(np.uint32)
+    alpha = rgba[..., 3:4].astype(np.uint32)
+    return ((rgb * alpha + 127) // 255).astype(np.uint8)
+
+
+def to_rgb8(image: Image.Image) -> np.ndarray:
+    """Convert any supported Pillow image to a uint8 (H, W, 3) RGB array."""
+    mode = image.mode
+    if mode == "RGB":
+        return np.asarray(image, dtype=np.uint8)
+    if mode in ("L", "1"):
+        gray = np.asarray(image.convert("L"), dtype=np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if mode in _SIXTEEN_BIT_MODES:
+        values = np.asarray(image).astype(np.int64)
+        if values.min() < 0 or values.max() > 65535:
+            raise ValueError(f"{mode} image has values outside 0..65535")
+        gray = ((values * 255 + 32767) // 65535).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if mode == "P":
+        has_alpha = "transparency" in image.info or image.palette.mode == "RGBA"
+        image = image.convert("RGBA" if has_alpha else "RGB")
+        mode = image.mode
+        if mode == "RGB":
+            return np.asarray(image, dtype=np.uint8)
+    if mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        if mode in ("La", "RGBa"):  # already premultiplied
+            return np.asarray(image.convert("RGB"), dtype=np.uint8)
+        return _composite_on_black(np.asarray(image.convert("RGBA"), dtype=np.uint8))
+    if mode == "CMYK" or mode in ("YCbCr", "LAB", "HSV", "RGBX"):
+        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    raise ValueError(f"unsupported image mode {mode!r}")
+
+
+def center_crop_resize(pixels: np.ndarray, size: int) -> np.ndarray:
+    """Centre-crop to a square, then resize to ``size`` (Lanczos); no-op when already right."""
+    height, width = pixels.shape[:2]
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    square = pixels[top : top + side, left : left + side]
+    if side == size:
+        return np.ascontiguousarray(square)
+    resized = Image.fromarray(np.ascontiguousarray(square)).resize(
+        (size, size), Image.Resampling.LANCZOS
+    )
+    return np.asarray(resized, dtype=np.uint8)
+
+
+def read_rgb_image(path: str | Path, size: int, small_images: str = "skip") -> DecodedImage:
+    """Read one file as a uint8 (size, size, 3) RGB array, or raise ImageReadError.
+
+    ``small_images`` decides what happens to an image whose shorter side is below ``size``:
+    "skip" raises ImageReadError (the file goes to the data-quality report); "upscale" keeps
+    it, resized up, with ``upscaled=True`` so the caller can report it too.
+    """
+    if small_images not in SMALL_IMAGE_POLICIES:
+        raise ValueError(
+            f"small_images must be one of {SMALL_IMAGE_POLICIES}, got {small_images!r}"
+        )
+    path = Path(path)
+    data = _read_bytes(path)
+    image = _open_header(path, data)
+    try:
+        width, height = image.size
+        mode = image.mode
+        too_small = min(width, height) < size
+        if too_small and small_images == "skip":
+            raise ImageReadError(
+                path, f"image smaller than the crop ({width}x{height} < {size}x{size})"
+            )
+        rgb = to_rgb8(_load(path, image))
+    except (ValueError, OSError) as exc:
+        if isinstance(exc, ImageReadError):
+            raise
+        raise ImageReadError(path, f"cannot convert to 8-bit RGB: {exc}") from exc
+    finally:
+        image.close()
+    return DecodedImage(
+        pixels=center_crop_resize(rgb, size),
+        original_width=width,
+        original_height=height,
+        original_mode=mode,
+        upscaled=too_small,
+    )

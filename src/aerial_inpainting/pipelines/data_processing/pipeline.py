@@ -1,0 +1,56 @@
+"""Wiring of the data_processing pipeline (dataset names as in conf/base/catalog.yml)."""
+
+from kedro.pipeline import Pipeline, node
+
+from aerial_inpainting.pipelines.data_processing.nodes import (
+    generate_test_masks,
+    generate_train_masks,
+    ingest_images,
+    plot_mask_examples,
+    split_train_test,
+)
+
+TAG = "data_processing"
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    """ingest -> split -> test masks (+ figure); the training-mask pool is independent."""
+    return Pipeline(
+        [
+            node(
+                ingest_images,
+                inputs=["raw_aerial_landscapes", "params:data_processing"],
+                outputs=["images", "image_index", "data_quality_report"],
+                name="ingest_images",
+                tags=[TAG, "ingest"],
+            ),
+            node(
+                split_train_test,
+                inputs=["image_index", "params:data_processing"],
+                outputs=["train_split", "test_split"],
+                name="split_train_test",
+                tags=[TAG, "split"],
+            ),
+            node(
+                generate_test_masks,
+                inputs=["test_split", "params:data_processing"],
+                outputs=["test_masks", "test_mask_index"],
+                name="generate_test_masks",
+                tags=[TAG, "masks"],
+            ),
+            node(
+                generate_train_masks,
+                inputs="params:data_processing",
+                outputs=["train_masks", "train_mask_index"],
+                name="generate_train_masks",
+                tags=[TAG, "masks"],
+            ),
+            node(
+                plot_mask_examples,
+                inputs=["test_masks", "test_mask_index"],
+                outputs="mask_examples",
+                name="plot_mask_examples",
+                tags=[TAG, "masks", "reporting"],
+            ),
+        ]
+    )
