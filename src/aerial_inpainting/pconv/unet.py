@@ -1,0 +1,172 @@
+"""The partial-convolution U-Net of Liu et al. 2018 (section 3.3), with configurable depth/width.
+
+Encoder layer ``i`` (0-based): stride-2 partial convolution, kernel 7, 5, 5, 3, 3, ..., channels
+``min(base_channels * 2**i, max_channels)``, BatchNorm (all layers but the first), ReLU.
+Decoder, from the bottom up: nearest upsampling x2 of features and mask, concatenation with the
+skip connection's features and mask (the two masks travel as two single-channel sources), 3x3
+partial convolution, BatchNorm, LeakyReLU(0.2). The last decoder layer concatenates with the input
+image and its mask and has a bias, no BatchNorm and no activation. With the defaults (depth 7,
+64..512 channels) this is the paper's 256x256 network.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm  # also matches SyncBatchNorm
+
+from aerial_inpainting.pconv.partial_conv import PartialConv2d
+
+
+@dataclass
+class UNetConfig:
+    """Shape of a :class:`PConvUNet`; stored with the weights so a model file rebuilds itself."""
+
+    in_channels: int = 3
+    out_channels: int = 3
+    depth: int = 7
+    base_channels: int = 64
+    max_channels: int = 512
+
+    def __post_init__(self) -> None:
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(
+                    f"UNetConfig.{item.name} must be a positive integer, got {value!r}"
+                )
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> UNetConfig:
+        known = {item.name for item in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"UNetConfig: unknown keys {unknown}; allowed: {sorted(known)}")
+        return cls(**{key: int(value) for key, value in data.items()})
+
+    def encoder_channels(self) -> list[int]:
+        return [min(self.base_channels * 2**i, self.max_channels) for i in range(self.depth)]
+
+    @staticmethod
+    def encoder_kernel(index: int) -> int:
+        return 7 if index == 0 else 5 if index in (1, 2) else 3
+
+
+class PConvUNet(nn.Module):
+    """Partial-convolution U-Net: ``forward(image, mask) -> output`` (no clamping)."""
+
+    def __init__(self, config: UNetConfig | None = None) -> None:
+        super().__init__()
+        self.config = config if config is not None else UNetConfig()
+        cfg = self.config
+        channels = cfg.encoder_channels()
+
+        self.enc_convs = nn.ModuleList()
+        self.enc_norms = nn.ModuleList()
+        in_ch = cfg.in_channels
+        for i, out_ch in enumerate(channels):
+            first = i == 0
+            self.enc_convs.append(
+                PartialConv2d(in_ch, out_ch, cfg.encoder_kernel(i), stride=2, bias=first)
+            )
+            self.enc_norms.append(nn.Identity() if first else nn.BatchNorm2d(out_ch))
+            in_ch = out_ch
+
+        # Decoder layer j (0 = bottom) upsamples level depth-j and joins the skip at depth-j-1.
+        skip_channels = [cfg.in_channels, *channels[:-1]]
+        self.dec_convs = nn.ModuleList()
+        self.dec_norms = nn.ModuleList()
+        self.dec_sources: list[tuple[int, int]] = []
+        up_ch = channels[-1]
+        for level in range(cfg.depth - 1, -1, -1):
+            skip_ch = skip_channels[level]
+            last = level == 0
+            out_ch = cfg.out_channels if last else skip_ch
+            self.dec_convs.append(PartialConv2d(up_ch + skip_ch, out_ch, 3, stride=1, bias=last))
+            self.dec_norms.append(nn.Identity() if last else nn.BatchNorm2d(out_ch))
+            self.dec_sources.append((up_ch, skip_ch))
+            up_ch = out_ch
+
+        self._encoder_bn_frozen = False
+
+    # ------------------------------------------------------------------ checks
+    def check_input_size(self, height: int, width: int) -> None:
+        """Raise ValueError unless both sides are positive multiples of ``2**depth``."""
+        factor = 2**self.config.depth
+        if height <= 0 or width <= 0 or height % factor or width % factor:
+            raise ValueError(
+                f"PConvUNet(depth={self.config.depth}) needs height and width that are multiples "
+                f"of 2**depth = {factor}; got {height}x{width}. Crop/resize the input or lower depth."
+            )
+
+    def _check_inputs(self, image: torch.Tensor, mask: torch.Tensor) -> None:
+        if image.dim() != 4 or image.shape[1] != self.config.in_channels:
+            raise ValueError(
+                f"PConvUNet: image must be (N, {self.config.in_channels}, H, W), "
+                f"got {tuple(image.shape)}"
+            )
+        expected = (image.shape[0], 1, *image.shape[2:])
+        if tuple(mask.shape) != expected:
+            raise ValueError(
+                f"PConvUNet: mask must be {expected} (1 = valid), got {tuple(mask.shape)}"
+            )
+        self.check_input_size(int(image.shape[2]), int(image.shape[3]))
+
+    # ------------------------------------------------------------------ fine-tune mode
+    def freeze_encoder_batchnorm(self) -> None:
+        """Paper's fine-tune stage: encoder BatchNorm in eval mode, affine parameters frozen.
+
+        Stays in force across later ``.train()`` calls.
+        """
+        self._encoder_bn_frozen = True
+        for norm in self.enc_norms:
+            if isinstance(norm, _BatchNorm):
+                for param in norm.parameters():
+                    param.requires_grad_(False)
+        self.train(self.training)
+
+    @property
+    def encoder_batchnorm_frozen(self) -> bool:
+        return self._encoder_bn_frozen
+
+    def train(self, mode: bool = True) -> PConvUNet:
+        super().train(mode)
+        if self._encoder_bn_frozen:
+            for norm in self.enc_norms:
+                if isinstance(norm, _BatchNorm):
+                    norm.eval()
+        return self
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """image (N, C, H, W) in [0, 1], mask (N, 1, H, W) with 1 = valid -> (N, out, H, W)."""
+        self._check_inputs(image, mask)
+        features = [image]
+        masks = [mask.to(image.dtype) if not mask.is_floating_point() else mask]
+        x, m = features[0], masks[0]
+        for i, (conv, norm) in enumerate(zip(self.enc_convs, self.enc_norms, strict=True)):
+            x, m = conv(x, m)
+            x = F.relu(norm(x))
+            if i < self.config.depth - 1:
+                features.append(x)
+                masks.append(m)
+
+        n_dec = len(self.dec_convs)
+        for j, (conv, norm) in enumerate(zip(self.dec_convs, self.dec_norms, strict=True)):
+            skip_x, skip_m = features.pop(), masks.pop()
+            x = F.interpolate(x, scale_factor=2, mode="nearest")
+            m = F.interpolate(m, scale_factor=2, mode="nearest")
+            x = torch.cat([x, skip_x.to(x.dtype)], dim=1)
+            m = torch.cat([m, skip_m.to(m.dtype)], dim=1)
+            x, m = conv(x, m, self.dec_sources[j])
+            if j < n_dec - 1:
+                x = F.leaky_relu(norm(x), 0.2)
+        return x

@@ -1,0 +1,200 @@
+"""Each InpaintingLoss term against hand-written loops on small float64 tensors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from aerial_inpainting.pconv.loss import InpaintingLoss, LossWeights
+from aerial_inpainting.pconv.vgg import build_vgg16_features
+
+TOL = 1e-6
+
+
+class ToyFeatures(nn.Module):
+    """Three fixed 'feature maps' of different shapes; records how it is called."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[int, bool]] = []
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        self.calls.append((x.shape[0], torch.is_grad_enabled()))
+        return [x * 2.0, x[:, :2, ::2, ::2] ** 2, torch.tanh(x[:, :, 1:, :])]
+
+
+def toy_features_np(img: np.ndarray) -> list[np.ndarray]:
+    return [img * 2.0, img[:, :2, ::2, ::2] ** 2, np.tanh(img[:, :, 1:, :])]
+
+
+def random_case(n=2, c=3, h=6, w=7):
+    out = torch.rand(n, c, h, w, dtype=torch.float64)
+    gt = torch.rand(n, c, h, w, dtype=torch.float64)
+    mask = (torch.rand(n, 1, h, w) > 0.5).double()
+    mask[0, 0, 1:4, 2:5] = 0.0
+    return out, gt, mask
+
+
+def gram_loop(f: np.ndarray) -> np.ndarray:
+    n, c, h, w = f.shape
+    g = np.zeros((n, c, c))
+    for b in range(n):
+        for i in range(c):
+            for j in range(c):
+                g[b, i, j] = sum(f[b, i, y, x] * f[b, j, y, x] for y in range(h) for x in range(w))
+    return g / (c * h * w)
+
+
+def reference_terms(out, gt, mask):
+    o, g, m = (t.detach().numpy() for t in (out, gt, mask))
+    n, c, h, w = o.shape
+    count = n * c * h * w
+    valid = hole = 0.0
+    for b, ch, y, x in np.ndindex(n, c, h, w):
+        if m[b, 0, y, x] == 1:
+            valid += abs(o[b, ch, y, x] - g[b, ch, y, x])
+        else:
+            hole += abs(o[b, ch, y, x] - g[b, ch, y, x])
+    comp = np.where(m == 1, g, o)
+    # P: hole pixels dilated by one pixel (3x3 neighbourhood)
+    p = np.zeros((n, h, w), dtype=bool)
+    for b, y, x in np.ndindex(n, h, w):
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                yy, xx = y + dy, x + dx
+                if 0 <= yy < h and 0 <= xx < w and m[b, 0, yy, xx] == 0:
+                    p[b, y, x] = True
+    tv = 0.0
+    for b, ch, y, x in np.ndindex(n, c, h, w):
+        if x + 1 < w and p[b, y, x] and p[b, y, x + 1]:
+            tv += abs(comp[b, ch, y, x + 1] - comp[b, ch, y, x])
+        if y + 1 < h and p[b, y, x] and p[b, y + 1, x]:
+            tv += abs(comp[b, ch, y + 1, x] - comp[b, ch, y, x])
+    perceptual = style_out = style_comp = 0.0
+    for fo, fc, fg in zip(
+        toy_features_np(o), toy_features_np(comp), toy_features_np(g), strict=True
+    ):
+        perceptual += np.abs(fo - fg).mean() + np.abs(fc - fg).mean()
+        gg = gram_loop(fg)
+        style_out += np.abs(gram_loop(fo) - gg).mean()
+        style_comp += np.abs(gram_loop(fc) - gg).mean()
+    return {
+        "valid": valid / count,
+        "hole": hole / count,
+        "tv": tv / count,
+        "perceptual": perceptual,
+        "style_out": style_out,
+        "style_comp": style_comp,
+    }
+
+
+def test_every_term_matches_loop_reference():
+    out, gt, mask = random_case()
+    weights = LossWeights(valid=1.5, hole=6.0, perceptual=0.05, style=120.0, tv=0.1)
+    terms = InpaintingLoss(ToyFeatures(), weights)(out, gt, mask)
+    ref = reference_terms(out, gt, mask)
+    for key, value in ref.items():
+        assert abs(float(terms[key]) - value) < TOL * max(1.0, abs(value)), key
+    total = (
+        1.5 * ref["valid"]
+        + 6.0 * ref["hole"]
+        + 0.05 * ref["perceptual"]
+        + 120.0 * (ref["style_out"] + ref["style_comp"])
+        + 0.1 * ref["tv"]
+    )
+    assert abs(float(terms["total"]) - total) < TOL * max(1.0, total)
+    assert set(terms) == {"total", "valid", "hole", "perceptual", "style_out", "style_comp", "tv"}
+
+
+def test_default_weights_are_the_papers():
+    assert LossWeights().to_dict() == {
+        "valid": 1.0,
+        "hole": 6.0,
+        "perceptual": 0.05,
+        "style": 120.0,
+        "tv": 0.1,
+    }
+    assert LossWeights.from_dict({"hole": 3}).hole == 3.0
+    with pytest.raises(ValueError, match="unknown keys"):
+        LossWeights.from_dict({"l1": 1})
+
+
+def test_ground_truth_features_without_grad_and_one_batched_call():
+    extractor = ToyFeatures()
+    out, gt, mask = random_case(n=3)
+    out.requires_grad_(True)
+    InpaintingLoss(extractor)(out, gt, mask)["total"].backward()
+    assert sorted(extractor.calls) == [(3, False), (6, True)]
+    assert out.grad is not None and torch.isfinite(out.grad).all()
+
+
+def test_without_extractor_perceptual_and_style_are_zero():
+    out, gt, mask = random_case()
+    terms = InpaintingLoss(None)(out, gt, mask)
+    ref = reference_terms(out, gt, mask)
+    assert (
+        float(terms["perceptual"]) == float(terms["style_out"]) == float(terms["style_comp"]) == 0
+    )
+    expected = ref["valid"] + 6 * ref["hole"] + 0.1 * ref["tv"]
+    assert abs(float(terms["total"]) - expected) < TOL
+
+
+def test_tv_compares_neighbouring_rows_not_first_and_last():
+    """Holes in the top and bottom two rows; rows 0-2 are 0 and rows 5-7 are 1 (P = rows 0-2, 5-7).
+
+    All neighbouring pixels inside P are equal, so TV = 0; a first-vs-last-row comparison would not be.
+    """
+    image = torch.zeros(1, 3, 8, 5, dtype=torch.float64)
+    image[:, :, 5:] = 1.0
+    image[:, :, 3:5] = torch.rand(1, 3, 2, 5, dtype=torch.float64)  # valid rows, outside P
+    mask = torch.ones(1, 1, 8, 5, dtype=torch.float64)
+    mask[:, :, :2] = 0.0
+    mask[:, :, 6:] = 0.0
+    terms = InpaintingLoss(None)(image, image, mask)
+    assert float(terms["tv"]) == 0.0
+    # a hand value: a single hole pixel at (2, 2) of a 5x5 ramp image, P = the 3x3 block around it
+    ramp = torch.arange(25, dtype=torch.float64).view(1, 1, 5, 5)
+    mask = torch.ones(1, 1, 5, 5, dtype=torch.float64)
+    mask[0, 0, 2, 2] = 0.0
+    # 3 rows x 2 horizontal pairs x |1| + 2 vertical pairs x 3 columns x |5| = 6 + 30, over 25
+    assert abs(float(InpaintingLoss(None)(ramp, ramp, mask)["tv"]) - 36 / 25) < 1e-12
+
+
+def test_hand_l1_values():
+    out = torch.zeros(1, 1, 2, 2, dtype=torch.float64)
+    gt = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]], dtype=torch.float64)
+    mask = torch.tensor([[[[1.0, 0.0], [0.0, 1.0]]]], dtype=torch.float64)
+    terms = InpaintingLoss(None)(out, gt, mask)
+    assert float(terms["valid"]) == pytest.approx((1 + 4) / 4)
+    assert float(terms["hole"]) == pytest.approx((2 + 3) / 4)
+
+
+def test_with_random_vgg_runs_and_backprops():
+    extractor, info = build_vgg16_features(weights="random")
+    assert info["vgg_weights"] == "random-init"
+    out = torch.rand(2, 3, 32, 32, requires_grad=True)
+    gt = torch.rand(2, 3, 32, 32)
+    mask = torch.ones(2, 1, 32, 32)
+    mask[:, :, 8:24, 8:24] = 0.0
+    terms = InpaintingLoss(extractor)(out, gt, mask)
+    assert all(torch.isfinite(v) for v in terms.values())
+    assert terms["perceptual"].item() > 0 and terms["style_out"].item() > 0
+    terms["total"].backward()
+    assert torch.isfinite(out.grad).all() and out.grad.abs().sum() > 0
+    assert all(p.grad is None for p in extractor.parameters())
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_autocast_gram_in_float32(dtype):
+    extractor, _ = build_vgg16_features(weights="random")
+    out = torch.rand(1, 3, 32, 32, requires_grad=True)
+    gt = torch.rand(1, 3, 32, 32)
+    mask = torch.zeros(1, 1, 32, 32)
+    mask[:, :, :4] = 1.0
+    with torch.autocast(device_type="cpu", dtype=dtype):
+        terms = InpaintingLoss(extractor)(out, gt, mask)
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in terms.values())
+    terms["total"].backward()
+    assert torch.isfinite(out.grad).all()
