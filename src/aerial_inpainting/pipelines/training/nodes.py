@@ -1,0 +1,141 @@
+"""Kedro node of the training pipeline: turns catalog inputs into the loop's arguments.
+
+Thin on purpose: the training itself is :func:`aerial_inpainting.pconv.train.train` (no Kedro
+inside). The node picks the validation images, wires MLflow logging when kedro-mlflow has a
+run open, and logs the final model file with its config to that run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import matplotlib.figure
+import numpy as np
+import pandas as pd
+
+from aerial_inpainting.pconv.checkpoint import save_model
+from aerial_inpainting.pconv.data import AugmentConfig, InpaintingTrainDataset, validation_batch
+from aerial_inpainting.pconv.train import (
+    MlflowCallback,
+    TrainConfig,
+    TrainingData,
+    config_json,
+    loss_curve_figure,
+    train,
+)
+from aerial_inpainting.pconv.unet import PConvUNet
+
+logger = logging.getLogger(__name__)
+
+
+def pick_validation_set(
+    test_split: pd.DataFrame, test_mask_index: pd.DataFrame, n: int
+) -> tuple[list[int], list[str]]:
+    """``n`` test images with their fixed masks, evenly spread over the hole ratios (deterministic)."""
+    for name, frame, cols in (
+        ("test_split", test_split, {"image_id", "row"}),
+        ("test_mask_index", test_mask_index, {"mask_id", "image_id", "hole_ratio"}),
+    ):
+        missing = cols - set(frame.columns)
+        if missing:
+            raise ValueError(f"{name}: missing column(s) {sorted(missing)}")
+    if n <= 0 or test_mask_index.empty:
+        return [], []
+    joined = test_mask_index.merge(test_split[["image_id", "row"]], on="image_id", how="inner")
+    if joined.empty:
+        raise ValueError("test_mask_index: none of its image_id values are in test_split")
+    joined = joined.sort_values(["hole_ratio", "mask_id"], kind="stable").reset_index(drop=True)
+    picks = np.unique(np.linspace(0, len(joined) - 1, num=min(n, len(joined))).round().astype(int))
+    chosen = joined.iloc[picks]
+    return chosen["row"].astype(int).tolist(), chosen["mask_id"].astype(str).tolist()
+
+
+def _describe_data(images: np.ndarray, rows: list[int], mask_ids: list[str]) -> dict[str, Any]:
+    """What a resumed run must see unchanged: the image array's shape, train rows, mask ids."""
+    digest = hashlib.sha256(np.asarray(rows, dtype=np.int64).tobytes())
+    digest.update("\n".join(mask_ids).encode())
+    return {"images_shape": list(images.shape), "n_train": len(rows), "n_masks": len(mask_ids),
+            "rows_and_masks_sha256": digest.hexdigest()[:16]}  # fmt: skip
+
+
+def build_training_data(
+    images: np.ndarray,
+    train_split: pd.DataFrame,
+    test_split: pd.DataFrame,
+    train_masks: Mapping[str, np.ndarray],
+    test_masks: Mapping[str, np.ndarray],
+    test_mask_index: pd.DataFrame,
+    cfg: TrainConfig,
+) -> TrainingData:
+    """The loop's inputs from the catalog's: training stream + fixed validation batch."""
+    if "row" not in train_split.columns:
+        raise ValueError("train_split: missing column 'row' (position of each image in `images`)")
+    rows = train_split["row"].astype(int).tolist()
+    mask_ids = sorted(train_masks)
+    dataset = InpaintingTrainDataset(
+        images, rows, [train_masks[k] for k in mask_ids], size=cfg.train_size,
+        seed=cfg.seed, augment=AugmentConfig(**cfg.augment),
+    )  # fmt: skip
+    val_rows, val_mask_ids = pick_validation_set(test_split, test_mask_index, cfg.val_images)
+    val_images = val_masks = None
+    if val_rows:
+        val_images, val_masks = validation_batch(
+            images, val_rows, test_masks, val_mask_ids, multiple=2 ** cfg.unet_config().depth
+        )
+    return TrainingData(dataset, val_images, val_masks, _describe_data(images, rows, mask_ids))
+
+
+def train_model(
+    images: np.ndarray,
+    train_split: pd.DataFrame,
+    test_split: pd.DataFrame,
+    train_masks: Mapping[str, np.ndarray],
+    test_masks: Mapping[str, np.ndarray],
+    test_mask_index: pd.DataFrame,
+    params: Mapping[str, Any],
+) -> tuple[PConvUNet, pd.DataFrame, matplotlib.figure.Figure]:
+    """Train the partial-conv U-Net (resuming from the latest checkpoint when allowed).
+
+    Returns the model (CPU, eval mode), the history table (one row per logged step) and the
+    loss-curve figure.
+    """
+    cfg = TrainConfig.from_params(params)
+    data = build_training_data(
+        images, train_split, test_split, train_masks, test_masks, test_mask_index, cfg=cfg
+    )
+    callbacks = []
+    mlflow = _active_mlflow()
+    if mlflow is not None:
+        callbacks.append(MlflowCallback())
+    result = train(cfg, data, callbacks)
+    model = result.model.cpu().eval()
+    model.extra = {"fingerprint": result.info["fingerprint"], "final_step": result.info["final_step"],
+                   "vgg": result.info["vgg"]}  # fmt: skip
+    if mlflow is not None:
+        _log_model(mlflow, model, cfg, result.info)
+    return model, result.history, loss_curve_figure(result.history, cfg.steps_stage1)
+
+
+def _active_mlflow():
+    """The mlflow module when a run is active (kedro-mlflow opens one per `kedro run`)."""
+    try:
+        import mlflow
+    except ImportError:  # pragma: no cover - mlflow is a dependency
+        return None
+    return mlflow if mlflow.active_run() is not None else None
+
+
+def _log_model(mlflow, model: PConvUNet, cfg: TrainConfig, info: Mapping[str, Any]) -> None:
+    """The final model file and its config JSON as artefacts under ``model/``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = save_model(
+            Path(tmp) / "pconv_unet.pt", model, extra={"fingerprint": info["fingerprint"]}
+        )
+        (Path(tmp) / "config.json").write_text(config_json(model, cfg, info))
+        mlflow.log_artifact(str(path), artifact_path="model")
+        mlflow.log_artifact(str(Path(tmp) / "config.json"), artifact_path="model")

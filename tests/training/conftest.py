@@ -1,0 +1,105 @@
+"""Tiny synthetic inputs for the training tests (16-32 px images, depth-2 models)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny tensors: one intra-op thread is faster, and immune to a CPU shared with others."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def smooth_images(n: int, size: int, seed: int) -> np.ndarray:
+    """Smooth colour gradients plus a little noise: inpaintable, unlike pure noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    out = np.empty((n, size, size, 3), dtype=np.uint8)
+    for i in range(n):
+        a, b, c = rng.uniform(-1, 1, size=(3, 3))
+        base = 0.5 + 0.25 * (a[:, None, None] * xx + b[:, None, None] * yy) + 0.1 * c[:, None, None]
+        noise = rng.normal(0, 0.02, size=(3, size, size))
+        out[i] = (np.clip(base + noise, 0, 1) * 255).round().astype(np.uint8).transpose(1, 2, 0)
+    return out
+
+
+def box_masks(n: int, size: int, seed: int) -> dict[str, np.ndarray]:
+    """Masks (1 = valid) with one or two rectangular holes, ids mask_000..."""
+    rng = np.random.default_rng(seed)
+    masks = {}
+    for i in range(n):
+        m = np.ones((size, size), dtype=np.uint8)
+        for _ in range(int(rng.integers(1, 3))):
+            h, w = rng.integers(size // 6, size // 2, size=2)
+            top, left = rng.integers(0, size - h), rng.integers(0, size - w)
+            m[top : top + h, left : left + w] = 0
+        masks[f"mask_{i:03d}"] = m
+    return masks
+
+
+def _tiny_params(tmp_path, **overrides: Any) -> dict[str, Any]:
+    params: dict[str, Any] = {
+        "seed": 7,
+        "device": "cpu",
+        "model": {"depth": 2, "base_channels": 4, "max_channels": 16},
+        "train_size": 16,
+        "batch_size": 2,
+        "steps_stage1": 4,
+        "steps_stage2": 3,
+        "lr_stage1": 2e-3,
+        "lr_stage2": 5e-4,
+        "vgg_weights": "none",
+        "vgg_offline_fallback": "disable",
+        "num_workers": 0,
+        "log_every": 1,
+        "val_every": 3,
+        "val_images": 2,
+        "checkpoint_dir": str(tmp_path / "checkpoints"),
+        "checkpoint_every": 1,
+        "keep_checkpoints": 2,
+        "resume": True,
+        "grid_dir": str(tmp_path / "grids"),
+        "progress_bar": False,
+    }
+    params.update(overrides)
+    return params
+
+
+@pytest.fixture
+def make_params(tmp_path):
+    """Factory: ``make_params(**overrides)`` -> tiny CPU training params under ``tmp_path``."""
+    return lambda **overrides: _tiny_params(tmp_path, **overrides)
+
+
+@pytest.fixture
+def tiny_inputs() -> dict[str, Any]:
+    """Catalog-shaped inputs of the train_model node: 12 images of 32 px, 6 train masks."""
+    images = smooth_images(12, 32, seed=0)
+    ids = [f"img_{i:02d}" for i in range(12)]
+    frame = pd.DataFrame({"image_id": ids, "class_name": "Synthetic", "row": range(12)})
+    test_masks = {f"t_{i:02d}": m for i, m in enumerate(box_masks(4, 32, seed=2).values())}
+    test_mask_index = pd.DataFrame(
+        {
+            "mask_id": list(test_masks),
+            "image_id": ids[8:],
+            "hole_ratio": [1 - m.mean() for m in test_masks.values()],
+            "bucket": "0.1-0.2",
+        }
+    )
+    return {
+        "images": images,
+        "train_split": frame.iloc[:8].reset_index(drop=True),
+        "test_split": frame.iloc[8:].reset_index(drop=True),
+        "train_masks": box_masks(6, 32, seed=1),
+        "test_masks": test_masks,
+        "test_mask_index": test_mask_index,
+    }

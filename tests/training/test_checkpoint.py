@@ -1,0 +1,123 @@
+"""Model files and training checkpoints: round trips, atomic writes, fingerprints, RNG state."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from aerial_inpainting.pconv import checkpoint as ckpt
+from aerial_inpainting.pconv.unet import PConvUNet, UNetConfig
+
+
+def _model(seed: int = 0) -> PConvUNet:
+    torch.manual_seed(seed)
+    return PConvUNet(UNetConfig(depth=2, base_channels=4, max_channels=8))
+
+
+def test_model_round_trip_rebuilds_same_network(tmp_path):
+    model = _model()
+    path = ckpt.save_model(tmp_path / "m.pt", model, extra={"note": "x"})
+    raw = torch.load(path, weights_only=False)
+    assert raw["format"] == "aerial-inpainting/pconv-unet/1"
+    assert raw["config"] == {
+        "in_channels": 3,
+        "out_channels": 3,
+        "depth": 2,
+        "base_channels": 4,
+        "max_channels": 8,
+    }
+    loaded = ckpt.load_model(path)
+    assert not loaded.training
+    assert loaded.extra == {"note": "x"}
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[key]), key
+    x, m = torch.rand(1, 3, 8, 8), (torch.rand(1, 1, 8, 8) > 0.3).float()
+    assert torch.equal(model.eval()(x, m), loaded(x, m))
+
+
+def test_load_model_names_the_file_on_bad_input(tmp_path):
+    bad = tmp_path / "not_a_model.pt"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(ValueError, match=r"not_a_model\.pt"):
+        ckpt.load_model(bad)
+    torch.save({"format": "something-else"}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match=r"other\.pt.*not an aerial-inpainting model"):
+        ckpt.load_model(tmp_path / "other.pt")
+    with pytest.raises(FileNotFoundError, match=r"missing\.pt"):
+        ckpt.load_model(tmp_path / "missing.pt")
+
+
+def test_failed_write_leaves_previous_file_and_no_partial_file(tmp_path, monkeypatch):
+    target = tmp_path / "ckpt.pt"
+    ckpt.atomic_torch_save({"value": 1}, target)
+    real_fsync = os.fsync
+
+    def crash(fd):  # the data is written but not yet durable/renamed: simulate a crash here
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(os, "fsync", crash)
+    with pytest.raises(OSError, match="disk gone"):
+        ckpt.atomic_torch_save({"value": 2, "big": torch.zeros(10_000)}, target)
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt"]
+    assert torch.load(target, weights_only=False) == {"value": 1}
+
+
+def test_interrupted_write_is_never_visible_under_the_final_name(tmp_path, monkeypatch):
+    """While the bytes are being written the final name still holds the old, complete file."""
+    target = tmp_path / "ckpt-000000001.pt"
+    seen = {}
+    real_replace = os.replace
+
+    def spy_replace(src, dst):
+        seen["tmp_exists"] = os.path.exists(src)
+        seen["final_before"] = os.path.exists(dst)
+        seen["listed"] = [p for _, p in ckpt.list_checkpoints(tmp_path)]
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", spy_replace)
+    ckpt.atomic_torch_save({"a": 1}, target)
+    assert seen == {"tmp_exists": True, "final_before": False, "listed": []}
+    assert ckpt.latest_checkpoint(tmp_path) == target
+
+
+def test_checkpoint_rotation_and_latest(tmp_path):
+    for step in (1, 2, 10, 3):
+        ckpt.save_checkpoint(tmp_path, {"step": step, "fingerprint": "f"}, keep=2)
+    (tmp_path / ".ckpt-000000099.pt.abc.tmp").write_bytes(b"partial")  # a crashed write
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [3, 10]
+    assert ckpt.latest_checkpoint(tmp_path).name == "ckpt-000000010.pt"
+    assert ckpt.load_checkpoint(ckpt.latest_checkpoint(tmp_path), "f")["step"] == 10
+    assert ckpt.clear_checkpoints(tmp_path) == 2
+    assert ckpt.latest_checkpoint(tmp_path) is None
+
+
+def test_checkpoint_with_other_fingerprint_is_refused(tmp_path):
+    path = ckpt.save_checkpoint(tmp_path, {"step": 5, "fingerprint": "aaaa"})
+    with pytest.raises(ValueError, match=r"fingerprint 'aaaa'.*'bbbb'.*resume: false"):
+        ckpt.load_checkpoint(path, expected_fingerprint="bbbb")
+
+
+def test_fingerprint_is_stable_and_order_independent():
+    a = ckpt.config_fingerprint({"x": 1, "y": {"b": 2, "a": 3}})
+    assert a == ckpt.config_fingerprint({"y": {"a": 3, "b": 2}, "x": 1})
+    assert a != ckpt.config_fingerprint({"x": 2, "y": {"b": 2, "a": 3}})
+
+
+def test_rng_state_round_trip(tmp_path):
+    random.seed(1)
+    np.random.seed(1)
+    torch.manual_seed(1)
+    state = ckpt.capture_rng_state()
+    path = ckpt.save_checkpoint(tmp_path, {"step": 1, "fingerprint": "f", "rng": state})
+    expected = (random.random(), np.random.rand(), torch.rand(3))
+    random.seed(99)
+    np.random.seed(99)
+    torch.manual_seed(99)
+    ckpt.restore_rng_state(ckpt.load_checkpoint(path)["rng"])
+    got = (random.random(), np.random.rand(), torch.rand(3))
+    assert got[0] == expected[0] and got[1] == expected[1] and torch.equal(got[2], expected[2])

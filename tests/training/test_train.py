@@ -1,0 +1,171 @@
+"""The training loop: exact resume (incl. the stage boundary), stage 2 semantics, config checks."""
+
+from __future__ import annotations
+
+import logging
+import random
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from aerial_inpainting.pconv import train as T
+from aerial_inpainting.pconv.checkpoint import list_checkpoints
+from aerial_inpainting.pconv.data import InpaintingTrainDataset, validation_batch
+
+from .conftest import box_masks, smooth_images
+
+
+def _data(seed: int = 0) -> T.TrainingData:
+    """New objects every call, as a fresh process would build them."""
+    images = smooth_images(10, 32, seed=seed)
+    masks = box_masks(4, 32, seed=1)
+    dataset = InpaintingTrainDataset(images, range(8), list(masks.values()), size=16, seed=5)
+    vi, vm = validation_batch(images, [8, 9], masks, ["mask_000", "mask_001"], multiple=4)
+    return T.TrainingData(dataset, vi, vm, {"n": 8})
+
+
+def _scramble_global_rng() -> None:
+    """A fresh process would not share our RNG state: make sure nothing relies on it."""
+    random.seed(12345)
+    np.random.seed(12345)
+    torch.manual_seed(12345)
+
+
+def _run(params: dict, stop: int | None = None) -> T.TrainResult:
+    _scramble_global_rng()
+    return T.train(T.TrainConfig.from_params(params), _data(), stop_at_step=stop)
+
+
+def _assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        assert torch.equal(sa[key], sb[key]), f"{key} differs"
+
+
+def test_resumed_run_matches_uninterrupted_run_across_the_stage_boundary(make_params, tmp_path):
+    # steps_stage1=4: interrupted after steps 2 and 5, i.e. once in each stage, VGG on (random).
+    common = {"vgg_weights": "random", "steps_stage1": 4, "steps_stage2": 3, "checkpoint_every": 1}
+    straight = _run(make_params(checkpoint_dir=str(tmp_path / "a"), **common))
+    resumed_dir = str(tmp_path / "b")
+    first = _run(make_params(checkpoint_dir=resumed_dir, **common), stop=2)
+    assert first.info["final_step"] == 2
+    second = _run(make_params(checkpoint_dir=resumed_dir, **common), stop=5)
+    assert second.info["resumed_from_step"] == 2
+    final = _run(make_params(checkpoint_dir=resumed_dir, **common))
+    assert final.info["resumed_from_step"] == 5 and final.info["final_step"] == 7
+    _assert_same_weights(straight.model, final.model)
+    changed = [
+        k
+        for k, v in first.model.state_dict().items()
+        if not torch.equal(v, final.model.state_dict()[k])
+    ]
+    assert changed  # steps 3-7 did move the weights
+    cols = [c for c in straight.history.columns if c != "images_per_s"]
+    pd.testing.assert_frame_equal(straight.history[cols], final.history[cols])
+
+
+def test_resume_from_a_sparse_checkpoint_redoes_the_lost_steps(make_params, tmp_path):
+    params = make_params(checkpoint_every=3, steps_stage1=3, steps_stage2=3)
+    straight = _run({**params, "checkpoint_dir": str(tmp_path / "a")})
+    _run(params, stop=5)  # "killed" after step 5: the last checkpoint is step 3
+    ckpt_dir = tmp_path / "checkpoints"
+    assert [s for s, _ in list_checkpoints(next(ckpt_dir.iterdir()))] == [3]
+    final = _run(params)
+    assert final.info["resumed_from_step"] == 3
+    _assert_same_weights(straight.model, final.model)
+
+
+def test_finished_run_is_not_retrained_and_resume_false_restarts(make_params):
+    done = _run(make_params())
+    again = _run(make_params())
+    assert again.info["resumed_from_step"] == 7
+    _assert_same_weights(done.model, again.model)
+    fresh = _run(make_params(resume=False))
+    assert fresh.info["resumed_from_step"] is None
+    _assert_same_weights(done.model, fresh.model)  # seeded: from scratch gives the same run
+
+
+def test_changed_config_starts_fresh_with_a_warning(make_params, caplog):
+    _run(make_params())
+    with caplog.at_level(logging.WARNING, logger="aerial_inpainting.pconv.train"):
+        other = _run(make_params(lr_stage1=1e-3))
+    assert other.info["resumed_from_step"] is None
+    assert "No checkpoint for this training config" in caplog.text
+    # longer fine-tuning is the same experiment continued, not a new one
+    longer = _run(make_params(steps_stage2=5))
+    assert longer.info["resumed_from_step"] == 7 and longer.info["final_step"] == 9
+
+
+def test_stage_two_freezes_encoder_batchnorm_and_lowers_lr(make_params):
+    params = make_params(steps_stage1=3, steps_stage2=3, lr_stage1=1e-2, lr_stage2=1e-4)
+    stage1 = _run(params, stop=3)
+    final = _run(params)
+    s1, s2 = stage1.model.state_dict(), final.model.state_dict()
+    enc_bn = [
+        k
+        for k in s1
+        if k.startswith("enc_norms.") and ("running_" in k or "weight" in k or "bias" in k)
+    ]
+    dec_bn = [k for k in s1 if k.startswith("dec_norms.") and "running_mean" in k]
+    assert enc_bn and dec_bn
+    for key in enc_bn:  # encoder BN: neither statistics nor affine parameters move in stage 2
+        assert torch.equal(s1[key], s2[key]), key
+    assert any(not torch.equal(s1[k], s2[k]) for k in dec_bn)  # decoder BN keeps learning
+    hist = final.history.dropna(subset=["lr"])
+    assert set(hist.loc[hist.step <= 3, "lr"]) == {1e-2}
+    assert set(hist.loc[hist.step > 3, "lr"]) == {1e-4}
+    assert set(hist.loc[hist.step > 3, "stage"]) == {2}
+
+
+def test_history_validation_and_grids(make_params, tmp_path):
+    result = _run(make_params(log_every=2, val_every=3))
+    hist = result.history
+    assert hist.step.tolist() == [
+        2,
+        3,
+        4,
+        6,
+        7,
+    ]  # log steps 2, 4, 6, 7 (end); validation at 3, 6, 7
+    assert {"loss_total", "loss_hole", "loss_valid", "loss_tv", "images_per_s"} <= set(hist.columns)
+    val = hist.dropna(subset=["val_psnr"])
+    assert val.step.tolist() == [3, 6, 7]
+    assert (val.val_ssim <= 1).all() and (val.val_psnr > 0).all()
+    grids = sorted((tmp_path / "grids").glob("*.png"))
+    assert [g.name for g in grids][-1] == "val_grid_step000000007.png" and len(grids) == 3
+    from PIL import Image
+
+    grid = np.asarray(Image.open(grids[-1]))
+    # 2 rows of 5 tiles of 32 px, separated by 2 px
+    assert grid.shape == (2 * 32 + 2, 5 * 32 + 4 * 2, 3)
+
+
+def test_mean_fill_fills_holes_with_valid_mean():
+    image = torch.tensor([[[[0.2, 0.4], [0.6, 1.0]]]]).repeat(1, 3, 1, 1)
+    mask = torch.tensor([[[[1.0, 1.0], [1.0, 0.0]]]])
+    filled = T.mean_fill(image, mask)
+    assert torch.allclose(filled[0, :, 1, 1], torch.full((3,), 0.4))
+    assert torch.equal(filled[0, :, 0, 0], image[0, :, 0, 0])
+
+
+def test_config_errors_name_the_parameter(make_params):
+    with pytest.raises(ValueError, match=r"unknown key\(s\) under `training:` \['stepz'\]"):
+        T.TrainConfig.from_params({**make_params(), "stepz": 3})
+    with pytest.raises(ValueError, match="train_size=18 must be a multiple of 2\\*\\*depth=4"):
+        T.TrainConfig.from_params(make_params(train_size=18))
+    with pytest.raises(ValueError, match=r"training\.loss_weights"):
+        T.TrainConfig.from_params(make_params(loss_weights={"holes": 1}))
+    with pytest.raises(ValueError, match=r"training\.precision"):
+        T.TrainConfig.from_params(make_params(precision="fp8"))
+
+
+def test_device_and_precision_choice():
+    assert T.resolve_precision("auto", torch.device("cpu")) == "fp32"
+    assert T.resolve_num_workers("auto", torch.device("cpu")) == 0
+    if not torch.cuda.is_available():
+        assert T.select_device("auto").type in ("cpu", "mps")
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            T.select_device("cuda")
