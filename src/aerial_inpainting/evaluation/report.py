@@ -1,0 +1,296 @@
+"""Turning per-image metrics into reports: summary tables, Markdown, MLflow metrics, figures.
+
+All functions take the per-image table (one row per image x method, columns ``image_id,
+class_name, mask_id, hole_ratio, bucket, method`` and the metric columns) and are independent of
+Kedro, so notebooks can rebuild any report from the CSV.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from .metrics import PSNR_CAP_DB
+
+METRICS = ("psnr", "ssim", "hole_psnr", "hole_l1", "ssim_raw")
+METRIC_LABELS = {
+    "psnr": "PSNR (dB), composite",
+    "ssim": "SSIM, composite",
+    "hole_psnr": "PSNR (dB), hole only",
+    "hole_l1": "L1, hole only",
+    "ssim_raw": "SSIM, raw output",
+}
+BUCKETS = ("0.01-0.1", "0.1-0.2", "0.2-0.3", "0.3-0.4", "0.4-0.5", "0.5-0.6")
+MODEL = "model"
+METHOD_LABELS = {
+    "model": "PConv U-Net (ours)",
+    "telea": "OpenCV Telea",
+    "navier_stokes": "OpenCV Navier-Stokes",
+    "biharmonic": "Biharmonic (scikit-image)",
+    "mean_fill": "Mean-colour fill",
+}
+
+
+def _present_metrics(per_image: pd.DataFrame) -> list[str]:
+    return [m for m in METRICS if m in per_image.columns]
+
+
+def _method_order(methods: Sequence[str]) -> list[str]:
+    known = [m for m in METHOD_LABELS if m in set(methods)]
+    return known + sorted(set(methods) - set(known))
+
+
+# ---------------------------------------------------------------------------- aggregation
+
+
+def summarise(per_image: pd.DataFrame) -> pd.DataFrame:
+    """Mean, sample std and count of each metric per method, overall / per bucket / per class.
+
+    Returns a long table: ``method, group_type ('overall'|'bucket'|'class'), group, n`` and
+    ``<metric>_mean``, ``<metric>_std`` (std with ddof=1; NaN for a single image). Metrics that
+    are NaN for a row (hole metrics of an image without holes, ``ssim_raw`` of baselines) are
+    left out of that row's statistics.
+    """
+    metrics = _present_metrics(per_image)
+    frames = []
+    for group_type, key in (("overall", None), ("bucket", "bucket"), ("class", "class_name")):
+        keys = ["method"] if key is None else ["method", key]
+        grouped = per_image.groupby(keys, sort=False, observed=True)
+        stats = grouped[metrics].agg(["mean", "std"])
+        stats.columns = [f"{m}_{s}" for m, s in stats.columns]
+        stats.insert(0, "n", grouped.size())
+        stats = stats.reset_index()
+        stats.insert(1, "group_type", group_type)
+        stats.insert(2, "group", "all" if key is None else stats.pop(key).astype(str))
+        frames.append(stats)
+    summary = pd.concat(frames, ignore_index=True)
+    method_rank = {m: i for i, m in enumerate(_method_order(summary["method"].unique()))}
+    bucket_rank = {b: i for i, b in enumerate(BUCKETS)}
+    summary["_m"] = summary["method"].map(method_rank)
+    summary["_t"] = summary["group_type"].map({"overall": 0, "bucket": 1, "class": 2})
+    summary["_g"] = summary["group"].map(lambda g: bucket_rank.get(g, len(BUCKETS)))
+    summary = summary.sort_values(["_m", "_t", "_g", "group"], kind="stable")
+    return summary.drop(columns=["_m", "_t", "_g"]).reset_index(drop=True)
+
+
+def overall(summary: pd.DataFrame, method: str) -> pd.Series | None:
+    """The overall row of one method, or None when the method was not evaluated."""
+    rows = summary[(summary["method"] == method) & (summary["group_type"] == "overall")]
+    return None if rows.empty else rows.iloc[0]
+
+
+def headline(summary: pd.DataFrame, baseline: str = "telea") -> str:
+    """The original design's one-liner for the model, with a baseline's figure beside it."""
+    model = overall(summary, MODEL)
+    if model is None:
+        raise ValueError("The summary has no 'model' rows: nothing to report")
+    text = (
+        f"Mean PSNR: {model['psnr_mean']:.2f} ± {model['psnr_std']:.2f} dB, "
+        f"Mean SSIM: {model['ssim_mean']:.4f} ± {model['ssim_std']:.4f}"
+    )
+    base = overall(summary, baseline)
+    if base is not None:
+        text += (
+            f" (n={int(model['n'])}; {METHOD_LABELS.get(baseline, baseline)}: "
+            f"{base['psnr_mean']:.2f} ± {base['psnr_std']:.2f} dB, "
+            f"{base['ssim_mean']:.4f} ± {base['ssim_std']:.4f})"
+        )
+    return text
+
+
+def mlflow_metrics(summary: pd.DataFrame) -> dict[str, dict[str, float | int]]:
+    """Summary means/stds as ``{name: {"value": v, "step": 0}}`` for MlflowMetricsHistoryDataset.
+
+    Names: ``<method>.<metric>_<mean|std>`` overall, ``<method>.bucket_<lo>-<hi>.<metric>_mean``
+    per bucket (MLflow keys allow letters, digits, ``_-./`` and spaces). Per-class numbers stay in
+    the CSV: 15 classes x 5 methods x 5 metrics would swamp the MLflow UI.
+    """
+    out: dict[str, dict[str, float | int]] = {}
+    metric_cols = [c for c in summary.columns if c.endswith(("_mean", "_std"))]
+    for _, row in summary.iterrows():
+        if row["group_type"] == "overall":
+            prefix, cols = f"{row['method']}", metric_cols
+        elif row["group_type"] == "bucket":
+            prefix = f"{row['method']}.bucket_{row['group']}"
+            cols = [c for c in metric_cols if c.endswith("_mean")]
+        else:
+            continue
+        for col in cols:
+            value = row[col]
+            if value is not None and not (isinstance(value, float) and math.isnan(value)):
+                out[f"{prefix}.{col}"] = {"value": float(value), "step": 0}
+        if row["group_type"] == "overall":
+            out[f"{prefix}.n_images"] = {"value": float(row["n"]), "step": 0}
+    return out
+
+
+# ------------------------------------------------------------------------------- markdown
+
+
+def _fmt(mean: float, std: float, metric: str) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "–"
+    digits = 2 if "psnr" in metric else 4
+    std_text = "–" if std is None or math.isnan(std) else f"{std:.{digits}f}"
+    return f"{mean:.{digits}f} ± {std_text}"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def summary_markdown(summary: pd.DataFrame, notes: Sequence[str] = ()) -> str:
+    """A Markdown report: headline, overall table, then PSNR/SSIM per hole-ratio bucket and class."""
+    methods = _method_order(summary["method"].unique())
+    metrics = [m for m in METRICS if f"{m}_mean" in summary.columns]
+    lines = ["# Evaluation on the test split", ""]
+    if overall(summary, MODEL) is not None:
+        lines += [f"**{headline(summary)}**", ""]
+    lines += ["## Overall (mean ± std over images)", ""]
+    rows = []
+    for method in methods:
+        row = overall(summary, method)
+        rows.append(
+            [METHOD_LABELS.get(method, method), int(row["n"])]
+            + [_fmt(row[f"{m}_mean"], row[f"{m}_std"], m) for m in metrics]
+        )
+    lines += _table(["Method", "Images"] + [METRIC_LABELS[m] for m in metrics], rows)
+    for group_type, title in (("bucket", "hole-ratio bucket"), ("class", "class")):
+        part = summary[summary["group_type"] == group_type]
+        if part.empty:
+            continue
+        groups = list(dict.fromkeys(part["group"]))
+        for metric in ("psnr", "ssim"):
+            lines += ["", f"## {METRIC_LABELS[metric]} per {title}", ""]
+            rows = []
+            for group in groups:
+                cells = [group]
+                for method in methods:
+                    hit = part[(part["method"] == method) & (part["group"] == group)]
+                    cells.append(
+                        "–"
+                        if hit.empty
+                        else _fmt(
+                            hit.iloc[0][f"{metric}_mean"], hit.iloc[0][f"{metric}_std"], metric
+                        )
+                    )
+                rows.append(cells)
+            header = [title.capitalize()] + [METHOD_LABELS.get(m, m) for m in methods]
+            lines += _table(header, rows)
+    lines += [
+        "",
+        "## Notes",
+        "",
+        "- Composite = ground truth on valid pixels, prediction in the hole (Liu et al. 2018).",
+        f"- PSNR is capped at {PSNR_CAP_DB:.0f} dB (identical images); data range 1.0; SSIM as "
+        "scikit-image (7x7 uniform window, K1=0.01, K2=0.03, channel mean).",
+        "- Std is the sample standard deviation over images (ddof=1).",
+    ]
+    lines += [f"- {note}" for note in notes]
+    return "\n".join(lines) + "\n"
+
+
+# -------------------------------------------------------------------------------- figures
+
+
+def plot_metrics_vs_hole_ratio(per_image: pd.DataFrame) -> Figure:
+    """Each metric against hole ratio: per-bucket mean ± std for every method, images as dots."""
+    metrics = [m for m in ("psnr", "ssim", "hole_psnr", "hole_l1") if m in per_image.columns]
+    methods = _method_order(per_image["method"].unique())
+    ncols = 2
+    nrows = math.ceil(len(metrics) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(6 * ncols, 4 * nrows), squeeze=False)
+    colours = plt.get_cmap("tab10")
+    for ax, metric in zip(axes.flat, metrics, strict=False):
+        for i, method in enumerate(methods):
+            rows = per_image[(per_image["method"] == method) & per_image[metric].notna()]
+            if rows.empty:
+                continue
+            colour = colours(i)
+            ax.scatter(
+                rows["hole_ratio"], rows[metric], s=3, alpha=0.15, color=colour, linewidths=0
+            )
+            stats = rows.groupby("bucket", observed=True).agg(
+                x=("hole_ratio", "mean"), mean=(metric, "mean"), std=(metric, "std")
+            )
+            stats = stats.sort_values("x")
+            std = stats["std"].fillna(0.0)
+            ax.plot(
+                stats["x"],
+                stats["mean"],
+                "o-",
+                color=colour,
+                label=METHOD_LABELS.get(method, method),
+            )
+            ax.fill_between(
+                stats["x"], stats["mean"] - std, stats["mean"] + std, color=colour, alpha=0.12
+            )
+        ax.set_xlabel("hole ratio")
+        ax.set_ylabel(METRIC_LABELS[metric])
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(metrics) :]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=8)
+    fig.suptitle("Metrics against hole ratio (line: bucket mean ± std; dots: images)")
+    fig.tight_layout()
+    return fig
+
+
+def select_examples(
+    per_image: pd.DataFrame, num_examples: int, method: str = MODEL, metric: str = "psnr"
+) -> list[tuple[str, str]]:
+    """(label, mask_id) of the best, median and worst images of ``method`` by ``metric``.
+
+    ``num_examples`` per kind (fewer when the test set is small; no image twice).
+    """
+    rows = per_image[(per_image["method"] == method) & per_image[metric].notna()]
+    rows = rows.sort_values([metric, "mask_id"], ascending=[False, True]).reset_index(drop=True)
+    n = len(rows)
+    k = max(1, min(num_examples, n // 3 if n >= 3 else n))
+    mid = n // 2 - k // 2
+    picks = [("best", i) for i in range(k)]
+    picks += [("median", i) for i in range(max(0, mid), max(0, mid) + k)]
+    picks += [("worst", i) for i in range(n - k, n)]
+    seen: set[int] = set()
+    out = []
+    for label, i in picks:
+        if 0 <= i < n and i not in seen:
+            seen.add(i)
+            out.append(
+                (f"{label}: {metric} {rows.loc[i, metric]:.2f}", str(rows.loc[i, "mask_id"]))
+            )
+    return out
+
+
+def plot_examples(
+    images: np.ndarray,
+    masks: np.ndarray,
+    outputs: np.ndarray,
+    labels: Sequence[str],
+) -> Figure:
+    """Rows of masked input | mask | output | composite | ground truth (uint8 RGB, mask 1=valid)."""
+    titles = ("masked input", "mask (white = valid)", "output", "composite", "ground truth")
+    n = len(images)
+    fig, axes = plt.subplots(max(n, 1), 5, figsize=(12, 2.5 * max(n, 1)), squeeze=False)
+    for r in range(n):
+        valid = masks[r].astype(bool)
+        masked = np.where(valid[..., None], images[r], 255).astype(np.uint8)
+        comp = np.where(valid[..., None], images[r], outputs[r]).astype(np.uint8)
+        panels = (masked, valid.astype(np.uint8) * 255, outputs[r], comp, images[r])
+        for c, panel in enumerate(panels):
+            ax = axes[r, c]
+            ax.imshow(panel, cmap="gray" if panel.ndim == 2 else None, vmin=0, vmax=255)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(titles[c], fontsize=9)
+        axes[r, 0].set_ylabel(labels[r], fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,312 @@
+"""Nodes of the ``evaluate`` pipeline: the model and classical baselines on the fixed test masks.
+
+Thin wrappers around :mod:`aerial_inpainting.evaluation`: they line the test split up with its
+masks, run the model in batches, score every method per image, and turn the scores into
+reports. Every method is scored on uint8 images (the model's output clamped to [0, 1] and
+rounded, as when it is saved as a picture), composite = ground truth on valid pixels.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+from tqdm.auto import tqdm
+
+from aerial_inpainting.evaluation import baselines as bl
+from aerial_inpainting.evaluation import report
+from aerial_inpainting.evaluation.scoring import Chunk, resolve_workers, score_chunks
+
+logger = logging.getLogger(__name__)
+
+NO_MODEL_MESSAGE = (
+    "No trained model found: run `kedro run` (or `kedro run --pipelines=training`) first"
+)
+PER_IMAGE_COLUMNS = [
+    "image_id",
+    "class_name",
+    "mask_id",
+    "hole_ratio",
+    "bucket",
+    "method",
+    "psnr",
+    "ssim",
+    "hole_psnr",
+    "hole_l1",
+    "ssim_raw",
+]
+
+
+def _progress(params: Mapping[str, Any]) -> bool | None:
+    """tqdm's ``disable``: None (auto: only on a terminal) unless progress is switched off."""
+    return None if params.get("progress", True) else True
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """``auto`` -> cuda, then mps, then cpu; anything else as given."""
+    if device in (None, "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(device)
+
+
+def _nchw(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+
+
+def prepare_evaluation_set(
+    test_split: pd.DataFrame, test_mask_index: pd.DataFrame, test_masks: Mapping[str, Any]
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """The test images lined up with their fixed masks.
+
+    Returns a table with one row per test image (image_id, class_name, row in ``images``,
+    mask_id, hole_ratio, bucket; sorted by mask_id) and the masks stacked in the same order,
+    bool (N, H, W) with True = valid, so later nodes do not decode the PNGs again.
+
+    Refuses mismatched inputs with a message naming the dataset and the offending ids, since
+    they mean the masks were generated for another split (rerun data_processing).
+    """
+    for name, frame, cols in (
+        ("test_split", test_split, {"image_id", "class_name", "row"}),
+        ("test_mask_index", test_mask_index, {"mask_id", "image_id", "hole_ratio", "bucket"}),
+    ):
+        missing = cols - set(frame.columns)
+        if missing:
+            raise ValueError(f"{name}: missing column(s) {sorted(missing)}")
+    merged = test_mask_index[["mask_id", "image_id", "hole_ratio", "bucket"]].merge(
+        test_split[["image_id", "class_name", "row"]],
+        on="image_id",
+        how="left",
+        validate="one_to_one",
+    )
+    orphans = merged.loc[merged["row"].isna(), "image_id"].tolist()
+    if orphans:
+        raise ValueError(
+            f"test_mask_index: {len(orphans)} mask(s) name images that are not in test_split "
+            f"(e.g. {orphans[:3]}); rerun `kedro run --pipelines=data_processing`"
+        )
+    unmasked = sorted(set(test_split["image_id"]) - set(merged["image_id"]))
+    if unmasked:
+        raise ValueError(
+            f"test_split: {len(unmasked)} image(s) have no test mask (e.g. {unmasked[:3]}); "
+            "rerun `kedro run --pipelines=data_processing`"
+        )
+    absent = [m for m in merged["mask_id"] if m not in test_masks]
+    if absent:
+        raise ValueError(
+            f"test_masks: {len(absent)} mask file(s) listed in test_mask_index are missing (e.g. {absent[:3]})"
+        )
+    merged["row"] = merged["row"].astype(int)
+    merged = merged.sort_values("mask_id", kind="stable").reset_index(drop=True)
+    shapes = {np.shape(test_masks[m]) for m in merged["mask_id"]}
+    if len(shapes) > 1:
+        raise ValueError(
+            f"test_masks: masks of different shapes {sorted(shapes)}; expected one size"
+        )
+    masks = (
+        np.stack([np.asarray(test_masks[m]).astype(bool) for m in merged["mask_id"]])
+        if len(merged)
+        else np.empty((0, 0, 0), dtype=bool)
+    )
+    return merged[["image_id", "class_name", "row", "mask_id", "hole_ratio", "bucket"]], masks
+
+
+def predict_images(
+    model: torch.nn.Module,
+    images: np.ndarray,
+    masks: np.ndarray,
+    device: torch.device,
+    batch_size: int,
+    autocast: bool = True,
+    progress: bool | None = None,
+) -> np.ndarray:
+    """Raw model outputs, clamped to [0, 1] and rounded to uint8 (N, H, W, 3).
+
+    ``images`` uint8 (N, H, W, 3) (a memory map is read batch by batch), ``masks`` (N, H, W)
+    with True = valid. Hole pixels of the input are zeroed before the model sees them.
+    """
+    if len(images) == 0:
+        return np.empty((0, 0, 0, 3), dtype=np.uint8)
+    if masks.shape != images.shape[:3]:
+        raise ValueError(
+            f"test_masks: masks of shape {masks.shape[1:]} do not fit images of {images.shape[1:3]}"
+        )
+    check = getattr(model, "check_input_size", None)
+    if check is not None:
+        check(*images.shape[1:3])
+    model = model.to(device).eval()
+    use_amp = autocast and device.type == "cuda"
+    outputs = np.empty((len(images), *images.shape[1:]), dtype=np.uint8)
+    starts = range(0, len(images), batch_size)
+    with torch.inference_mode():
+        for start in tqdm(starts, desc="model", unit="batch", disable=progress):
+            stop = min(start + batch_size, len(images))
+            x = _nchw(np.asarray(images[start:stop])).to(device).float().div_(255.0)
+            m = torch.from_numpy(masks[start:stop]).to(device).float()[:, None]
+            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                out = model(x * m, m)
+            out = out.float().clamp_(0.0, 1.0).mul_(255.0).round_().to(torch.uint8)
+            outputs[start:stop] = out.permute(0, 2, 3, 1).cpu().numpy()
+    return outputs
+
+
+def predict_test_images(
+    model: torch.nn.Module,
+    images: np.ndarray,
+    evaluation_set: pd.DataFrame,
+    evaluation_masks: np.ndarray,
+    params: Mapping[str, Any],
+) -> np.ndarray:
+    """The model's raw output for every test image, in ``evaluation_set`` order (uint8)."""
+    device = resolve_device(params.get("device", "auto"))
+    logger.info("Evaluating the model on %d test images (device %s)", len(evaluation_set), device)
+    rows = evaluation_set["row"].to_numpy()
+    return predict_images(
+        model,
+        np.asarray(images[rows]),
+        evaluation_masks,
+        device,
+        int(params.get("batch_size", 16)),
+        autocast=bool(params.get("autocast", True)),
+        progress=_progress(params),
+    )
+
+
+def biharmonic_sample(n: int, size: int | None, seed: int) -> np.ndarray:
+    """Sorted indices of the seeded sample the slow biharmonic baseline runs on (all if size is None)."""
+    if size is None or size >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=max(0, int(size)), replace=False))
+
+
+def compute_metrics(
+    images: np.ndarray,
+    evaluation_set: pd.DataFrame,
+    evaluation_masks: np.ndarray,
+    model_outputs: np.ndarray,
+    params: Mapping[str, Any],
+) -> pd.DataFrame:
+    """Per-image metrics of the model and every baseline: one row per image and method.
+
+    Biharmonic runs on a seeded sample (``biharmonic_sample``); chunks of
+    ``metrics_batch_size`` images are scored by ``workers`` processes (``auto``: one per CPU).
+    """
+    methods = list(params.get("baselines", bl.BASELINES))
+    unknown = sorted(set(methods) - set(bl.BASELINES))
+    if unknown:
+        raise ValueError(
+            f"evaluate.baselines: unknown baseline(s) {unknown}; choose from {list(bl.BASELINES)}"
+        )
+    n = len(evaluation_set)
+    workers = resolve_workers(params.get("workers", "auto"))
+    # Chunks small enough that every worker gets several (load balance), never above the batch size.
+    chunk_size = max(
+        1, min(int(params.get("metrics_batch_size", 32)), math.ceil(n / (4 * workers)))
+    )
+    workers = min(workers, math.ceil(n / chunk_size))  # no idle processes on a tiny test set
+    in_sample = np.zeros(n, dtype=bool)
+    in_sample[biharmonic_sample(n, params.get("biharmonic_sample"), int(params.get("seed", 0)))] = (
+        True
+    )
+    rows = evaluation_set["row"].to_numpy()
+    baseline_params = {k: params[k] for k in ("telea_radius", "ns_radius") if k in params}
+    if len(model_outputs) != n:
+        raise ValueError(f"model_outputs: {len(model_outputs)} images for {n} test images")
+
+    def chunks() -> Iterator[Chunk]:
+        for start in range(0, n, chunk_size):
+            idx = np.arange(start, min(start + chunk_size, n))
+            yield Chunk(
+                positions=idx,
+                images=np.asarray(images[rows[idx]]),
+                masks=evaluation_masks[idx],
+                model_outputs=model_outputs[idx],
+                biharmonic=in_sample[idx],
+                methods=methods,
+                params=baseline_params,
+            )
+
+    logger.info(
+        "Scoring %d test images: model + %s (biharmonic on %d), %d worker(s)",
+        n,
+        ", ".join(methods),
+        int(in_sample.sum()) if "biharmonic" in methods else 0,
+        workers,
+    )
+    collected: dict[str, list[dict[str, np.ndarray]]] = {}
+    bar = tqdm(total=n, desc="baselines + metrics", unit="img", disable=_progress(params))
+    for result in score_chunks(chunks(), workers=workers):
+        for method, scores in result.items():
+            collected.setdefault(method, []).append(scores)
+        bar.update(len(result["model"]["positions"]))
+    bar.close()
+    meta = evaluation_set[["image_id", "class_name", "mask_id", "hole_ratio", "bucket"]]
+    frames = []
+    for method in ["model", *methods]:
+        parts = collected.get(method)
+        if not parts:
+            continue
+        part = meta.iloc[np.concatenate([p["positions"] for p in parts])].reset_index(drop=True)
+        part["method"] = method
+        for key in ("psnr", "ssim", "hole_psnr", "hole_l1", "ssim_raw"):
+            part[key] = np.concatenate([p[key] for p in parts]) if key in parts[0] else np.nan
+        frames.append(part)
+    return pd.concat(frames, ignore_index=True)[PER_IMAGE_COLUMNS]
+
+
+def summarise_evaluation(
+    evaluation_per_image: pd.DataFrame, params: Mapping[str, Any]
+) -> tuple[pd.DataFrame, str, dict[str, dict[str, float | int]]]:
+    """Summary table (CSV), the Markdown report and the MLflow metrics."""
+    summary = report.summarise(evaluation_per_image)
+    notes = []
+    n_model = int((evaluation_per_image["method"] == "model").sum())
+    n_bih = int((evaluation_per_image["method"] == "biharmonic").sum())
+    if n_bih and n_bih < n_model:
+        notes.append(
+            f"Biharmonic (slow) ran on a seeded random sample of {n_bih} of the {n_model} test images "
+            f"(`evaluate.biharmonic_sample`, seed {params.get('seed', 0)}); its figures are over that sample."
+        )
+    return summary, report.summary_markdown(summary, notes), report.mlflow_metrics(summary)
+
+
+def plot_evaluation(evaluation_per_image: pd.DataFrame) -> Figure:
+    """Each metric against hole ratio, for the model and every baseline."""
+    return report.plot_metrics_vs_hole_ratio(evaluation_per_image)
+
+
+def plot_evaluation_examples(
+    images: np.ndarray,
+    evaluation_set: pd.DataFrame,
+    evaluation_masks: np.ndarray,
+    model_outputs: np.ndarray,
+    evaluation_per_image: pd.DataFrame,
+    params: Mapping[str, Any],
+) -> Figure:
+    """The model's best, median and worst test images by composite PSNR."""
+    picks = report.select_examples(evaluation_per_image, int(params.get("num_examples", 3)))
+    position = {m: i for i, m in enumerate(evaluation_set["mask_id"])}
+    idx = np.array([position[mask_id] for _, mask_id in picks], dtype=int)
+    return report.plot_examples(
+        np.asarray(images[evaluation_set["row"].to_numpy()[idx]]),
+        evaluation_masks[idx],
+        model_outputs[idx],
+        [f"{label}\n{mask_id}" for label, mask_id in picks],
+    )
+
+
+def report_headline(evaluation_summary: pd.DataFrame) -> None:
+    """Log and print the headline: the model's composite PSNR/SSIM with Telea's beside it."""
+    text = report.headline(evaluation_summary, baseline="telea")
+    logger.info(text)
+    print(text)

@@ -1,0 +1,91 @@
+"""The ``evaluate`` pipeline: trained model and classical baselines on the fixed test masks.
+
+``kedro run --pipelines=evaluate`` uses the latest trained model; pick another one with
+``--load-versions=model:<version>``.
+"""
+
+from __future__ import annotations
+
+from kedro.pipeline import Pipeline, node, pipeline
+
+from .nodes import (
+    compute_metrics,
+    plot_evaluation,
+    plot_evaluation_examples,
+    predict_test_images,
+    prepare_evaluation_set,
+    report_headline,
+    summarise_evaluation,
+)
+
+TAGS = ["evaluate"]
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    """Prepare -> predict -> score -> summarise / plot -> headline."""
+    return pipeline(
+        [
+            node(
+                prepare_evaluation_set,
+                inputs=["test_split", "test_mask_index", "test_masks"],
+                outputs=["evaluation_set", "evaluation_masks"],
+                name="prepare_evaluation_set",
+                tags=TAGS,
+            ),
+            node(
+                predict_test_images,
+                inputs=["model", "images", "evaluation_set", "evaluation_masks", "params:evaluate"],
+                outputs="model_outputs",
+                name="predict_test_images",
+                tags=TAGS,
+            ),
+            node(
+                compute_metrics,
+                inputs=[
+                    "images",
+                    "evaluation_set",
+                    "evaluation_masks",
+                    "model_outputs",
+                    "params:evaluate",
+                ],
+                outputs="evaluation_per_image",
+                name="compute_metrics",
+                tags=TAGS,
+            ),
+            node(
+                summarise_evaluation,
+                inputs=["evaluation_per_image", "params:evaluate"],
+                outputs=["evaluation_summary", "evaluation_summary_markdown", "evaluation_metrics"],
+                name="summarise_evaluation",
+                tags=TAGS,
+            ),
+            node(
+                plot_evaluation,
+                inputs="evaluation_per_image",
+                outputs="metrics_vs_hole_ratio",
+                name="plot_evaluation",
+                tags=TAGS,
+            ),
+            node(
+                plot_evaluation_examples,
+                inputs=[
+                    "images",
+                    "evaluation_set",
+                    "evaluation_masks",
+                    "model_outputs",
+                    "evaluation_per_image",
+                    "params:evaluate",
+                ],
+                outputs="evaluation_examples",
+                name="plot_evaluation_examples",
+                tags=TAGS,
+            ),
+            node(
+                report_headline,
+                inputs="evaluation_summary",
+                outputs=None,
+                name="report_headline",
+                tags=TAGS,
+            ),
+        ]
+    )

@@ -1,0 +1,227 @@
+"""The evaluate nodes on tiny data, and an end-to-end `kedro run --pipelines=evaluate`."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from kedro.io import DatasetError
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from aerial_inpainting.evaluation import baselines
+from aerial_inpainting.imaging.buckets import bucket_of
+from aerial_inpainting.pconv.unet import PConvUNet, UNetConfig
+from aerial_inpainting.pipelines.evaluate import nodes
+
+SIZE = 32
+N_IMAGES = 8
+PARAMS = {
+    "seed": 3,
+    "device": "cpu",
+    "batch_size": 3,
+    "metrics_batch_size": 4,
+    "workers": 1,
+    "progress": False,
+    "baselines": ["telea", "navier_stokes", "biharmonic", "mean_fill"],
+    "telea_radius": 3,
+    "ns_radius": 3,
+    "biharmonic_sample": 3,
+    "num_examples": 1,
+}
+
+
+def _tiny_model() -> PConvUNet:
+    torch.manual_seed(0)
+    return PConvUNet(UNetConfig(depth=3, base_channels=8, max_channels=16)).eval()
+
+
+def _tiny_data() -> tuple[np.ndarray, pd.DataFrame, dict[str, np.ndarray], pd.DataFrame]:
+    """Images (with 2 extra non-test rows), test split, masks and mask index."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE]
+    images = np.stack(
+        [
+            np.clip(
+                np.stack([xx * 6 + 20 * k, yy * 5, 128 + 0 * xx], -1)
+                + rng.normal(0, 8, (SIZE, SIZE, 3)),
+                0,
+                255,
+            )
+            for k in range(N_IMAGES + 2)
+        ]
+    ).astype(np.uint8)
+    rows = np.arange(2, N_IMAGES + 2)
+    split = pd.DataFrame(
+        {
+            "image_id": [f"Forest_{i:03d}" if i % 2 else f"Lake_{i:03d}" for i in rows],
+            "class_name": ["Forest" if i % 2 else "Lake" for i in rows],
+            "row": rows,
+        }
+    )
+    masks, index = {}, []
+    for k, image_id in enumerate(split["image_id"]):
+        mask = np.ones((SIZE, SIZE), np.uint8)
+        side = 4 + 2 * k  # hole ratios from 0.016 to 0.47
+        mask[3 : 3 + side, 5 : 5 + side] = 0
+        mask_id = f"test_{k:05d}"
+        masks[mask_id] = mask
+        ratio = float((mask == 0).mean())
+        index.append(
+            {
+                "mask_id": mask_id,
+                "image_id": image_id,
+                "hole_ratio": ratio,
+                "bucket": bucket_of(ratio),
+            }
+        )
+    return images, split, masks, pd.DataFrame(index)
+
+
+def test_nodes_score_the_model_and_every_baseline_against_skimage() -> None:
+    images, split, masks, index = _tiny_data()
+    eval_set, eval_masks = nodes.prepare_evaluation_set(split, index, masks)
+    assert eval_set["mask_id"].tolist() == sorted(masks)
+    for mask_id, stacked in zip(eval_set["mask_id"], eval_masks, strict=True):
+        np.testing.assert_array_equal(stacked, masks[mask_id] == 1)
+    model = _tiny_model()
+    outputs = nodes.predict_test_images(model, images, eval_set, eval_masks, PARAMS)
+    assert outputs.shape == (N_IMAGES, SIZE, SIZE, 3) and outputs.dtype == np.uint8
+
+    # Independent reference for the model output: one forward pass per image.
+    k = 5
+    row, mask = eval_set.loc[k, "row"], masks[eval_set.loc[k, "mask_id"]]
+    x = torch.from_numpy(images[row]).permute(2, 0, 1)[None].float() / 255
+    m = torch.from_numpy(mask)[None, None].float()
+    with torch.no_grad():
+        ref = (model(x * m, m)[0].clamp(0, 1) * 255).round().permute(1, 2, 0).numpy()
+    assert np.abs(ref - outputs[k].astype(float)).max() <= 1
+
+    per_image = nodes.compute_metrics(images, eval_set, eval_masks, outputs, PARAMS)
+    assert list(per_image.columns) == nodes.PER_IMAGE_COLUMNS
+    counts = per_image["method"].value_counts().to_dict()
+    assert counts == {"model": 8, "telea": 8, "navier_stokes": 8, "biharmonic": 3, "mean_fill": 8}
+    assert per_image.loc[per_image.method != "model", "ssim_raw"].isna().all()
+
+    # The model's numbers against scikit-image on the composite, computed here from scratch.
+    model_rows = per_image[per_image.method == "model"].set_index("mask_id")
+    for i, r in eval_set.iterrows():
+        gt = images[r["row"]] / 255.0
+        valid = masks[r["mask_id"]].astype(bool)[..., None]
+        comp = np.where(valid, gt, outputs[i] / 255.0)
+        got = model_rows.loc[r["mask_id"]]
+        assert got["psnr"] == pytest.approx(peak_signal_noise_ratio(gt, comp, data_range=1.0))
+        assert got["ssim"] == pytest.approx(
+            structural_similarity(gt, comp, channel_axis=-1, data_range=1.0), abs=1e-4
+        )
+        assert got["ssim_raw"] == pytest.approx(
+            structural_similarity(gt, outputs[i] / 255.0, channel_axis=-1, data_range=1.0), abs=1e-4
+        )
+        assert got["class_name"] == r["class_name"] and got["bucket"] == r["bucket"]
+
+    # A smooth gradient: diffusion baselines beat the flat mean fill in the hole.
+    means = per_image.groupby("method")["hole_l1"].mean()
+    assert means["telea"] < means["mean_fill"] and means["navier_stokes"] < means["mean_fill"]
+
+    _summary, markdown, metrics = nodes.summarise_evaluation(per_image, PARAMS)
+    assert "seeded random sample of 3 of the 8" in markdown
+    assert metrics["model.n_images"]["value"] == 8.0
+    fig = nodes.plot_evaluation_examples(images, eval_set, eval_masks, outputs, per_image, PARAMS)
+    assert len(fig.axes) == 3 * 5
+
+
+def test_mismatched_inputs_are_named() -> None:
+    _images, split, masks, index = _tiny_data()
+    with pytest.raises(ValueError, match="test_split: 1 image"):
+        nodes.prepare_evaluation_set(split, index.iloc[1:], masks)
+    del masks["test_00003"]
+    with pytest.raises(ValueError, match="test_masks: 1 mask"):
+        nodes.prepare_evaluation_set(split, index, masks)
+
+
+@contextlib.contextmanager
+def _catalog(project: Path) -> Iterator:
+    from kedro.framework.session import KedroSession
+    from kedro.framework.startup import bootstrap_project
+
+    bootstrap_project(project)
+    previous = Path.cwd()
+    os.chdir(project)
+    try:
+        with KedroSession.create(project_path=project) as session:
+            yield session.load_context().catalog
+    finally:
+        os.chdir(previous)
+
+
+@pytest.mark.slow
+def test_evaluate_pipeline_end_to_end(kedro_project: Path, capsys: pytest.CaptureFixture) -> None:
+    import mlflow
+    from conftest import run_pipeline
+
+    images, split, masks, index = _tiny_data()
+    with _catalog(kedro_project) as catalog:
+        catalog.save("images", images)
+        catalog.save("test_split", split)
+        catalog.save("test_masks", masks)
+        catalog.save("test_mask_index", index)
+
+    # Without a trained model: a message naming the command that makes one.
+    with pytest.raises(DatasetError, match=r"No trained model found: run `kedro run`"):
+        run_pipeline(kedro_project, "evaluate", {"evaluate": PARAMS})
+
+    with _catalog(kedro_project) as catalog:
+        catalog.save("model", _tiny_model())
+    # Two scoring processes: the spawned pool path of the real runs.
+    run_pipeline(kedro_project, "evaluate", {"evaluate": {**PARAMS, "workers": 2}})
+    out = capsys.readouterr().out
+    assert "Mean PSNR: " in out and "OpenCV Telea: " in out
+
+    reporting = kedro_project / "data" / "08_reporting"
+    for name in (
+        "evaluation_per_image.csv",
+        "evaluation_summary.csv",
+        "evaluation_summary.md",
+        "metrics_vs_hole_ratio.png",
+        "evaluation_examples.png",
+    ):
+        versions = sorted((reporting / name).iterdir())  # versioned: <name>/<version>/<name>
+        assert len(versions) == 1 and (versions[0] / name).stat().st_size > 0, name
+    per_image = pd.read_csv(
+        next((reporting / "evaluation_per_image.csv").iterdir()) / "evaluation_per_image.csv"
+    )
+    assert len(per_image) == 8 * 4 + 3
+    # Rows scored in the worker processes line up with their images (reference: skimage).
+    telea = per_image[per_image.method == "telea"].set_index("mask_id")
+    for _, r in index.iterrows():
+        gt = images[split.set_index("image_id").loc[r["image_id"], "row"]]
+        filled = baselines.telea(gt, masks[r["mask_id"]], radius=3)
+        expected = peak_signal_noise_ratio(gt / 255.0, filled / 255.0, data_range=1.0)
+        assert telea.loc[r["mask_id"], "psnr"] == pytest.approx(expected)
+        assert telea.loc[r["mask_id"], "image_id"] == r["image_id"]
+    summary = pd.read_csv(
+        next((reporting / "evaluation_summary.csv").iterdir()) / "evaluation_summary.csv"
+    )
+    model_psnr = per_image.loc[per_image.method == "model", "psnr"]
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{kedro_project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("aerial_inpainting")
+    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"])
+    run = runs[0]
+    assert run.data.metrics["evaluate.model.psnr_mean"] == pytest.approx(model_psnr.mean())
+    assert run.data.metrics["evaluate.telea.ssim_mean"] == pytest.approx(
+        summary.query("method == 'telea' and group_type == 'overall'")["ssim_mean"].iloc[0]
+    )
+    artefacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
+    assert {
+        "evaluation/evaluation_per_image.csv",
+        "evaluation/evaluation_summary.csv",
+        "evaluation/evaluation_summary.md",
+        "evaluation/metrics_vs_hole_ratio.png",
+        "evaluation/evaluation_examples.png",
+    } <= artefacts
