@@ -1,0 +1,199 @@
+"""Nodes of the ``inpaint`` pipeline: fill the user's own images with the trained model.
+
+Images in ``data/05_model_input/images`` are paired with the mask of the same file stem in
+``data/05_model_input/masks`` (``a/b.jpg`` <-> ``a/b.png``). Pairs that cannot be processed
+(no mask, unreadable file, size mismatch, mask without any valid pixel) are skipped with a
+warning and listed in the report, or stop the run when ``fail_on_error`` is true.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable, Mapping
+from pathlib import PurePosixPath
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from aerial_inpainting.inference import (
+    InpaintingInputError,
+    inpaint_image,
+    prepare_mask,
+    resolve_device,
+    to_rgb_uint8,
+)
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"})
+REPORT_COLUMNS = [
+    "image_id",
+    "image_file",
+    "mask_file",
+    "width",
+    "height",
+    "hole_ratio",
+    "status",
+    "message",
+]
+
+
+def _stem(partition_id: str) -> str:
+    return str(PurePosixPath(partition_id).with_suffix(""))
+
+
+def _image_partitions(partitions: Mapping[str, Any]) -> dict[str, str]:
+    """stem -> partition id for image files (hidden files such as .gitkeep ignored)."""
+    found: dict[str, str] = {}
+    for pid in sorted(partitions):
+        path = PurePosixPath(pid)
+        if path.name.startswith(".") or path.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        if _stem(pid) in found:
+            logger.warning(
+                "Two files share the stem %r: %s and %s; using the first",
+                _stem(pid),
+                found[_stem(pid)],
+                pid,
+            )
+            continue
+        found[_stem(pid)] = pid
+    return found
+
+
+def _load(loader: Callable[[], Any] | Any) -> Any:
+    return loader() if callable(loader) else loader
+
+
+def _load_mask(loader: Callable[[], Any] | Any) -> Any:
+    """A mask partition as an array of gray levels (PIL images converted to 8-bit gray)."""
+    mask = _load(loader)
+    if isinstance(mask, Image.Image):
+        return np.asarray(mask.convert("L") if mask.mode != "L" else mask, dtype=np.uint8)
+    return np.asarray(mask)
+
+
+def _row(image_id: str, image_file: str | None, mask_file: str | None, **fields: Any) -> dict:
+    return {
+        "image_id": image_id,
+        "image_file": image_file,
+        "mask_file": mask_file,
+        "width": fields.get("width"),
+        "height": fields.get("height"),
+        "hole_ratio": fields.get("hole_ratio"),
+        "status": fields.get("status", "ok"),
+        "message": fields.get("message", ""),
+    }
+
+
+def preview_strip(
+    image: np.ndarray, valid: np.ndarray, result: np.ndarray, max_height: int
+) -> Image.Image:
+    """input | mask | result side by side (mask white = kept), scaled to ``max_height`` at most."""
+    gap = np.full((image.shape[0], max(2, image.shape[1] // 64), 3), 128, dtype=np.uint8)
+    mask_rgb = np.repeat((valid.astype(np.uint8) * 255)[:, :, None], 3, axis=2)
+    strip = Image.fromarray(np.concatenate([image, gap, mask_rgb, gap, result], axis=1))
+    if max_height and strip.height > max_height:
+        width = max(1, round(strip.width * max_height / strip.height))
+        strip = strip.resize((width, max_height), Image.Resampling.LANCZOS)
+    return strip
+
+
+def inpaint_images(
+    model: torch.nn.Module,
+    images: Mapping[str, Any],
+    masks: Mapping[str, Any],
+    params: Mapping[str, Any],
+) -> tuple[dict[str, Image.Image], dict[str, Image.Image], pd.DataFrame]:
+    """Fill every image that has a mask; returns results, previews and a per-image report."""
+    image_ids = _image_partitions(images)
+    mask_ids = _image_partitions(masks)
+    threshold = params.get("threshold", 128)
+    device = resolve_device(params.get("device", "auto"))
+    results: dict[str, Image.Image] = {}
+    previews: dict[str, Image.Image] = {}
+    rows: list[dict] = []
+
+    if not image_ids:
+        logger.warning(
+            "inpaint: no image found (catalog entry `inpaint_images`, by default "
+            "data/05_model_input/images); nothing to do"
+        )
+    for orphan in sorted(set(mask_ids) - set(image_ids)):
+        rows.append(
+            _row(orphan, None, mask_ids[orphan], status="skipped", message="mask without an image")
+        )
+
+    progress = params.get("progress")
+    disable = None if progress is None else not progress
+    for key in tqdm(sorted(image_ids), desc="inpaint", disable=disable):
+        image_file, mask_file = image_ids[key], mask_ids.get(key)
+        if mask_file is None:
+            rows.append(
+                _row(key, image_file, None, status="skipped", message=f"no mask named {key}.png")
+            )
+            continue
+        try:
+            image = to_rgb_uint8(_load(images[image_file]), name=f"image {image_file}")
+            raw_mask = _load_mask(masks[mask_file])
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                valid = prepare_mask(
+                    raw_mask,
+                    image.shape,
+                    threshold=threshold,
+                    invert=bool(params.get("invert_mask", False)),
+                    name=f"mask {mask_file}",
+                )
+            notes = [str(w.message) for w in caught]
+            for note in notes:
+                logger.warning("inpaint: %s", note)
+            result = inpaint_image(
+                model,
+                image,
+                valid,
+                device=device,
+                tile_size=params.get("tile_size"),
+                overlap=int(params.get("overlap", 64)),
+                max_size=int(params.get("max_size", 1024)),
+                name=str(image_file),
+            )
+        except (InpaintingInputError, OSError, ValueError) as exc:
+            rows.append(_row(key, image_file, mask_file, status="skipped", message=str(exc)))
+            continue
+        hole_ratio = float(1.0 - valid.mean())
+        if hole_ratio == 0.0:
+            notes.append("mask has no hole: image copied unchanged")
+        results[key] = Image.fromarray(result)
+        previews[key] = preview_strip(
+            image, valid, result, int(params.get("preview_max_height", 256))
+        )
+        rows.append(
+            _row(
+                key,
+                image_file,
+                mask_file,
+                width=image.shape[1],
+                height=image.shape[0],
+                hole_ratio=round(hole_ratio, 6),
+                status="inpainted" if hole_ratio > 0 else "unchanged",
+                message="; ".join(notes),
+            )
+        )
+
+    report = pd.DataFrame(rows, columns=REPORT_COLUMNS)
+    skipped = report[report["status"] == "skipped"]
+    if len(skipped):
+        listing = "\n".join(
+            f"  - {r.image_file or r.mask_file}: {r.message}" for r in skipped.itertuples()
+        )
+        if params.get("fail_on_error", False):
+            raise ValueError(f"inpaint: {len(skipped)} file(s) could not be processed:\n{listing}")
+        logger.warning("inpaint: skipped %d file(s):\n%s", len(skipped), listing)
+    logger.info("inpaint: %d image(s) written, %d skipped", len(results), len(skipped))
+    return results, previews, report
