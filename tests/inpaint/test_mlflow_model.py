@@ -13,8 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from aerial_inpainting.inpaint_cli import main
 from aerial_inpainting.inference import inpaint_image
+from aerial_inpainting.inpaint_cli import main
 from aerial_inpainting.mlflow_model import encode_png, log_pyfunc_model
 from aerial_inpainting.pconv.unet import PConvUNet
 

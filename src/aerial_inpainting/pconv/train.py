@@ -7,8 +7,12 @@ bit-identical to an uninterrupted one on the CPU (see :mod:`aerial_inpainting.pc
 why the data stream needs no saved state), and callbacks for logging so that the loop itself
 has no side effects besides checkpoints and validation grids.
 
-Only the main process (``rank == 0``) writes checkpoints, grids, and calls callbacks; the
-``rank``/``world_size`` arguments are the hook for data-parallel training.
+Data-parallel training runs this same loop in every process of a ``torch.distributed`` group
+(``dist_ctx``, see :mod:`aerial_inpainting.pconv.distributed`): the model is wrapped in
+DistributedDataParallel, each rank reads its share of the run-wide sample stream
+(``batch_size`` images per rank and step), logged losses are averaged over the ranks, and only
+rank 0 writes checkpoints and grids, shows the progress bar and calls callbacks. Checkpoints
+have the single-process format (the unwrapped model's ``state_dict``).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from aerial_inpainting.evaluation.metrics import batch_psnr, batch_ssim, composite
+from aerial_inpainting.pconv import distributed as ddp
 from aerial_inpainting.pconv.checkpoint import (
     capture_rng_state,
     clear_checkpoints,
@@ -81,6 +86,9 @@ class TrainConfig:
     resume: bool = True
     grid_dir: str | None = "data/08_reporting/training_grids"
     progress_bar: bool | None = None
+    devices: int = 1
+    backend: str = "auto"
+    sync_batchnorm: bool = False
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> TrainConfig:
@@ -112,6 +120,16 @@ class TrainConfig:
                 raise ValueError(f"training.{name} must be >= 0, got {getattr(self, name)!r}")
         if self.steps_stage1 + self.steps_stage2 <= 0:
             raise ValueError("training.steps_stage1 + training.steps_stage2 must be > 0")
+        if isinstance(self.devices, bool) or not isinstance(self.devices, int) or self.devices < 1:
+            raise ValueError(f"training.devices must be an integer >= 1, got {self.devices!r}")
+        if self.backend not in ddp.BACKENDS:
+            raise ValueError(
+                f"training.backend must be one of {list(ddp.BACKENDS)}, got {self.backend!r}"
+            )
+        if not isinstance(self.sync_batchnorm, bool):
+            raise ValueError(
+                f"training.sync_batchnorm must be true or false, got {self.sync_batchnorm!r}"
+            )
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ValueError(
                 f"training.precision must be auto|fp32|bf16|fp16, got {self.precision!r}"
@@ -140,9 +158,16 @@ class TrainConfig:
     def total_steps(self) -> int:
         return int(self.steps_stage1) + int(self.steps_stage2)
 
-    def fingerprint_fields(self) -> dict[str, Any]:
-        """What must match for a checkpoint to be resumable (not step counts, logging, device)."""
+    def fingerprint_fields(self, world_size: int = 1) -> dict[str, Any]:
+        """What must match for a checkpoint to be resumable (not step counts, logging, device).
+
+        A data-parallel run adds its world size (the global batch is ``batch_size`` times it,
+        and the data stream is sharded by it) and its BatchNorm synchronisation; a
+        single-process run keeps the fingerprint it always had.
+        """
+        parallel = {"world_size": world_size, "sync_batchnorm": self.sync_batchnorm}
         return {
+            **(parallel if world_size > 1 else {}),
             "model": self.unet_config().to_dict(),
             "seed": self.seed,
             "train_size": self.train_size,
@@ -195,24 +220,50 @@ class TrainingCallback:
 
 
 class MlflowCallback(TrainingCallback):
-    """Logs metrics (with ``step``), validation grids and run info to the active MLflow run.
+    """Logs metrics (with ``step``), validation grids and run info to an MLflow run.
 
-    Tracking must never stop a training run: MLflow errors are logged as warnings.
+    The run is the active one (kedro-mlflow's) or, given ``run_id``, that run in
+    ``tracking_uri``: how rank 0 of a multi-process job logs into the run of the ``kedro run``
+    that launched it without starting or ending it. Tracking must never stop a training run:
+    MLflow errors are logged as warnings.
     """
 
-    def __init__(self, artifact_path: str = "training") -> None:
+    def __init__(
+        self,
+        artifact_path: str = "training",
+        run_id: str | None = None,
+        tracking_uri: str | None = None,
+    ) -> None:
         import mlflow
 
         self._mlflow = mlflow
+        self._client = mlflow.MlflowClient(tracking_uri)
+        self._run_id = run_id
         self.artifact_path = artifact_path
 
     def _call(self, what: str, fn, *args, **kwargs) -> None:
-        if self._mlflow.active_run() is None:
-            return
+        if self._run_id is not None:
+            run_id = self._run_id
+        else:
+            active = self._mlflow.active_run()
+            if active is None:
+                return
+            run_id = active.info.run_id
         try:
-            fn(*args, **kwargs)
+            fn(run_id, *args, **kwargs)
         except Exception as exc:  # tracking is best effort
             logger.warning("MLflow: could not %s (%s)", what, exc)
+
+    def _log_batch(self, run_id: str, metrics=(), params=(), tags=(), step: int = 0) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        now = int(time.time() * 1000)
+        self._client.log_batch(
+            run_id,
+            metrics=[Metric(k, v, now, step) for k, v in dict(metrics).items()],
+            params=[Param(k, v) for k, v in dict(params).items()],
+            tags=[RunTag(k, v) for k, v in dict(tags).items()],
+        )
 
     def on_train_start(self, info: Mapping[str, Any]) -> None:
         vgg = info.get("vgg", {})
@@ -221,20 +272,21 @@ class MlflowCallback(TrainingCallback):
             "training.precision": info["precision"],
             "training.config_fingerprint": info["fingerprint"],
             "training.resumed_from_step": str(info["resumed_from_step"]),
+            "training.world_size": str(info.get("world_size", 1)),
             **{f"vgg.{k}": str(v)[:500] for k, v in vgg.items()},
         }
         params = {f"vgg_info.{k}": str(v)[:500] for k, v in vgg.items()}
-        self._call("log the VGG params", self._mlflow.log_params, params)
-        self._call("set the run tags", self._mlflow.set_tags, tags)
+        self._call("log the VGG params", self._log_batch, params=params)
+        self._call("set the run tags", self._log_batch, tags=tags)
 
     def on_log(self, step: int, metrics: Mapping[str, float]) -> None:
-        self._call("log metrics", self._mlflow.log_metrics, _finite(metrics), step=step)
+        self._call("log metrics", self._log_batch, metrics=_finite(metrics), step=step)
 
     def on_validation(self, step: int, metrics: Mapping[str, float], grid: Path | None) -> None:
-        self._call("log metrics", self._mlflow.log_metrics, _finite(metrics), step=step)
+        self._call("log metrics", self._log_batch, metrics=_finite(metrics), step=step)
         if grid is not None:
             path = f"{self.artifact_path}/grids"
-            self._call("log the grid", self._mlflow.log_artifact, str(grid), artifact_path=path)
+            self._call("log the grid", self._client.log_artifact, str(grid), artifact_path=path)
 
 
 def _finite(metrics: Mapping[str, float]) -> dict[str, float]:
@@ -272,13 +324,18 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 def resolve_num_workers(value: int | str, device: torch.device) -> int:
-    """``auto``: worker processes on CUDA (up to 8); none on CPU/MPS where they steal compute."""
+    """``auto``: worker processes on CUDA (up to 8); none on CPU/MPS where they steal compute.
+
+    The cores are shared by the training processes on this node (torchrun's
+    ``LOCAL_WORLD_SIZE``), so each gets its share.
+    """
     if value == "auto":
         if device.type != "cuda":
             return 0
         import os
 
-        return max(1, min(8, (os.cpu_count() or 2) - 1))
+        cores = (os.cpu_count() or 2) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        return max(1, min(8, cores - 1))
     return int(value)
 
 
@@ -297,17 +354,21 @@ def train(
     cfg: TrainConfig,
     data: TrainingData,
     callbacks: Sequence[TrainingCallback] = (),
-    rank: int = 0,
-    world_size: int = 1,
+    dist_ctx: ddp.DistContext | None = None,
     stop_at_step: int | None = None,
 ) -> TrainResult:
     """Train (or resume training) and return the model, per-log-step history and run info.
 
-    ``stop_at_step`` ends the run early (after that step's checkpoint, if one is due), as an
-    interruption would; tests use it to check that resuming gives the same weights.
+    ``dist_ctx`` (from :func:`aerial_inpainting.pconv.distributed.init_distributed`) makes this
+    process one rank of a data-parallel job; every rank must call ``train`` with the same
+    config and data. ``stop_at_step`` ends the run early (after that step's checkpoint, if one
+    is due), as an interruption would; tests use it to check that resuming gives the same
+    weights.
     """
-    is_main = rank == 0
-    device = select_device(cfg.device)
+    ctx = dist_ctx if dist_ctx is not None else ddp.DistContext()
+    rank, world_size, is_main = ctx.rank, ctx.world_size, ctx.is_main
+    # A rank's device comes from its local rank (cuda:<local_rank>), resolved when it joined.
+    device = ctx.device if ctx.is_distributed else select_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     use_channels_last = (
         device.type == "cuda" if cfg.channels_last == "auto" else bool(cfg.channels_last)
@@ -317,10 +378,12 @@ def train(
         torch.backends.cudnn.benchmark = True
         torch.set_float32_matmul_precision("high")
 
-    fingerprint = config_fingerprint({**cfg.fingerprint_fields(), "data": data.description})
+    fingerprint = config_fingerprint(
+        {**cfg.fingerprint_fields(world_size), "data": data.description}
+    )
     ckpt_dir = Path(cfg.checkpoint_dir) / fingerprint if cfg.checkpoint_dir else None
 
-    seed_everything(cfg.seed)
+    seed_everything(cfg.seed)  # the same initial weights on every rank
     model = PConvUNet(cfg.unet_config())
     with torch.random.fork_rng(devices=[]):
         # Random VGG fallback weights must be the same on every (resumed) run.
@@ -328,42 +391,55 @@ def train(
         extractor, vgg_info = build_vgg16_features(
             weights=cfg.vgg_weights or "none", offline_fallback=cfg.vgg_offline_fallback
         )
+    if ctx.is_distributed:
+        seed_everything(ddp.rank_seed(cfg.seed, rank))  # anything random from here on differs
     if extractor is not None:
         extractor = extractor.to(device=device, memory_format=memory_format).eval()
         for p in extractor.parameters():
             p.requires_grad_(False)
     criterion = InpaintingLoss(extractor, LossWeights.from_dict(cfg.loss_weights)).to(device)
     model = model.to(device=device, memory_format=memory_format)
+    sync_batchnorm = bool(cfg.sync_batchnorm) and ctx.is_distributed
+    if sync_batchnorm:
+        model = ddp.convert_sync_batchnorm(model)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
     step, stage, history, window = 0, 1, [], _Window()
-    resumed_from = None
-    if ckpt_dir is not None and not cfg.resume:
+    resumed_from, state = None, None
+    if is_main and ckpt_dir is not None and not cfg.resume:
         removed = clear_checkpoints(ckpt_dir)
         if removed:
             logger.info(
                 "training.resume is false: removed %d old checkpoint(s) in %s", removed, ckpt_dir
             )
-    elif ckpt_dir is not None:
+    elif is_main and ckpt_dir is not None:
         path = latest_checkpoint(ckpt_dir)
         if path is None:
             _warn_other_configs(Path(cfg.checkpoint_dir), fingerprint)
         else:
             state = load_checkpoint(path, expected_fingerprint=fingerprint, map_location="cpu")
-            model.load_state_dict(state["model"])
-            step, stage = int(state["step"]), int(state["stage"])
-            history, window = list(state["history"]), _Window(**state["window"])
-            resumed_from = step
-            logger.info("Resuming training from %s (step %d, stage %d)", path, step, stage)
+            logger.info("Resuming training from %s (step %d)", path, int(state["step"]))
+    if ctx.is_distributed and ckpt_dir is not None and cfg.resume:
+        # Rank 0 alone reads the checkpoint (it alone writes them, possibly on a disk the other
+        # nodes do not see) and sends it to the others.
+        state = ddp.broadcast_object(state, ctx)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        step, stage = int(state["step"]), int(state["stage"])
+        history, window = list(state["history"]), _Window(**state["window"])
+        resumed_from = step
     if stage == 2:
         model.freeze_encoder_batchnorm()
     optimizer = make_optimizer(model, cfg.lr_stage1 if stage == 1 else cfg.lr_stage2)
-    if resumed_from is not None:
+    if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         if scaler.is_enabled() and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
-        restore_rng_state(state["rng"])
-        del state
+        rng_ranks = state.get("rng_ranks")  # per-rank states of a data-parallel run
+        own = rng_ranks is not None and len(rng_ranks) == world_size
+        restore_rng_state(rng_ranks[rank] if own else state["rng"])
+        state = None
+    net = ddp.wrap_ddp(model, ctx)  # what runs forward/backward; `model` is what is saved
 
     info = {
         "device": str(device),
@@ -375,12 +451,21 @@ def train(
         "vgg": dict(vgg_info),
         "model_config": model.config.to_dict(),
         "n_parameters": sum(p.numel() for p in model.parameters()),
+        "world_size": world_size,
+        "backend": ctx.backend,
+        "sync_batchnorm": sync_batchnorm,
     }
     logger.info(
         "Training on %s (%s%s), %d parameters, %d+%d steps, batch %d at %dpx; checkpoints in %s",
         device, precision, ", channels_last" if use_channels_last else "", info["n_parameters"],
         cfg.steps_stage1, cfg.steps_stage2, cfg.batch_size, cfg.train_size, ckpt_dir,
     )  # fmt: skip
+    if ctx.is_distributed:
+        logger.info(
+            "Data-parallel: %d processes (%s), global batch %d%s",
+            world_size, ctx.backend, cfg.batch_size * world_size,
+            ", SyncBatchNorm" if sync_batchnorm else "",
+        )  # fmt: skip
     if is_main:
         for cb in callbacks:
             cb.on_train_start(info)
@@ -399,7 +484,7 @@ def train(
         rank=rank,
         world_size=world_size,
     )
-    model.train()
+    net.train()
     bar = tqdm(
         total=total, initial=step, desc="training", unit="step", dynamic_ncols=True,
         disable=(not is_main) or (None if cfg.progress_bar is None else not cfg.progress_bar),
@@ -412,6 +497,10 @@ def train(
             stage = 2
             model.freeze_encoder_batchnorm()
             optimizer = make_optimizer(model, cfg.lr_stage2)
+            if ctx.is_distributed:
+                # DDP fixed its parameter set when built: rebuild it without the frozen ones.
+                del net
+                net = ddp.wrap_ddp(model, ctx)
             logger.info(
                 "Step %d: stage 2 (fine-tuning, lr %g, encoder BatchNorm frozen)",
                 step,
@@ -422,14 +511,16 @@ def train(
         with torch.autocast(
             device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
         ):
-            output = model(images * masks, masks)
+            output = net(images * masks, masks)
             losses = criterion(output.float(), images, masks)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(losses["total"]).backward()
         scaler.step(optimizer)
         scaler.update()
         step += 1
-        window.add(losses, images.shape[0])
+        # The global batch's losses (mean over ranks), so that every rank's history and
+        # window, and a checkpoint's, are the same.
+        window.add(_loss_values(losses, ctx), images.shape[0])
         bar.update(1)
 
         if step % cfg.log_every == 0 or step == total:
@@ -462,6 +553,8 @@ def train(
             and cfg.val_every
             and (step % cfg.val_every == 0 or step == total)
         ):
+            # Rank 0 alone, on the unwrapped model in eval mode (no collectives): the other
+            # ranks wait for it in the next step's gradient all-reduce.
             val_metrics, grid = _validate(model, val_images, val_masks, autocast_dtype, device)
             model.train()
             if stage == 2:
@@ -476,29 +569,35 @@ def train(
             for cb in callbacks:
                 cb.on_validation(step, val_metrics, grid_path)
 
-        if is_main and ckpt_dir is not None and (step % cfg.checkpoint_every == 0 or step == total):
-            path = save_checkpoint(
-                ckpt_dir,
-                {
-                    "step": step,
-                    "stage": stage,
-                    "fingerprint": fingerprint,
-                    "config": {**dataclasses.asdict(cfg), "data": data.description},
-                    "model_config": model.config.to_dict(),
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-                    "rng": capture_rng_state(),
-                    "history": history,
-                    "window": dataclasses.asdict(window),
-                },
-                keep=cfg.keep_checkpoints,
-            )
-            for cb in callbacks:
-                cb.on_checkpoint(step, path)
+        if ckpt_dir is not None and (step % cfg.checkpoint_every == 0 or step == total):
+            # Every rank's RNG state (a collective: all ranks get here at the same step).
+            rng = capture_rng_state()
+            rng_ranks = ddp.all_gather_object(rng, ctx) if ctx.is_distributed else None
+            if is_main:
+                path = save_checkpoint(
+                    ckpt_dir,
+                    {
+                        "step": step,
+                        "stage": stage,
+                        "fingerprint": fingerprint,
+                        "config": {**dataclasses.asdict(cfg), "data": data.description},
+                        "model_config": model.config.to_dict(),
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+                        "rng": rng,
+                        **({"rng_ranks": rng_ranks} if rng_ranks is not None else {}),
+                        "history": history,
+                        "window": dataclasses.asdict(window),
+                    },
+                    keep=cfg.keep_checkpoints,
+                )
+                for cb in callbacks:
+                    cb.on_checkpoint(step, path)
         if stop_at_step is not None and step >= stop_at_step:
             break
     bar.close()
+    del net
     if resumed_from is not None and resumed_from >= total:
         logger.info(
             "Checkpoint at step %d already covers the %d requested steps", resumed_from, total
@@ -514,6 +613,12 @@ def train(
     return result
 
 
+def _loss_values(losses: Mapping[str, torch.Tensor], ctx: ddp.DistContext) -> dict[str, float]:
+    """The logged loss terms as floats, averaged over the ranks in a data-parallel run."""
+    values = {k: float(losses[k].detach()) for k in LOSS_KEYS if k in losses}
+    return ddp.all_reduce_mean(values, ctx) if ctx.is_distributed else values
+
+
 @dataclass
 class _Window:
     """Running sums of the loss terms since the last log step (checkpointed with the run)."""
@@ -522,10 +627,10 @@ class _Window:
     steps: int = 0
     images: int = 0
 
-    def add(self, losses: Mapping[str, torch.Tensor], n_images: int) -> None:
+    def add(self, losses: Mapping[str, float], n_images: int) -> None:
         for key in LOSS_KEYS:
             if key in losses:
-                self.sums[key] = self.sums.get(key, 0.0) + float(losses[key].detach())
+                self.sums[key] = self.sums.get(key, 0.0) + float(losses[key])
         self.steps += 1
         self.images += n_images
 

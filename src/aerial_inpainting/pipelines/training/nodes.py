@@ -2,7 +2,9 @@
 
 Thin on purpose: the training itself is :func:`aerial_inpainting.pconv.train.train` (no Kedro
 inside). The node picks the validation images, wires MLflow logging when kedro-mlflow has a
-run open, and logs the final model file with its config to that run.
+run open, and logs the final model file with its config to that run. With
+``training.devices > 1`` it trains in that many local processes (DistributedDataParallel, see
+:mod:`aerial_inpainting.pconv.train_distributed`); rank 0 logs into the same MLflow run.
 """
 
 from __future__ import annotations
@@ -24,10 +26,12 @@ from aerial_inpainting.pconv.train import (
     MlflowCallback,
     TrainConfig,
     TrainingData,
+    TrainResult,
     config_json,
     loss_curve_figure,
     train,
 )
+from aerial_inpainting.pconv.train_distributed import MlflowTarget, train_multiprocess
 from aerial_inpainting.pconv.unet import PConvUNet
 
 logger = logging.getLogger(__name__)
@@ -108,11 +112,23 @@ def train_model(
     data = build_training_data(
         images, train_split, test_split, train_masks, test_masks, test_mask_index, cfg=cfg
     )
-    callbacks = []
     mlflow = _active_mlflow()
-    if mlflow is not None:
-        callbacks.append(MlflowCallback())
-    result = train(cfg, data, callbacks)
+    if cfg.devices > 1:
+        target = None
+        if mlflow is not None:
+            target = MlflowTarget(mlflow.get_tracking_uri(), mlflow.active_run().info.run_id)
+        result = train_multiprocess(params, data, cfg.devices, target)
+    else:
+        result = train(cfg, data, [MlflowCallback()] if mlflow is not None else [])
+    return training_outputs(result, cfg, mlflow)
+
+
+def training_outputs(
+    result: TrainResult, cfg: TrainConfig, mlflow=None
+) -> tuple[PConvUNet, pd.DataFrame, matplotlib.figure.Figure]:
+    """The node's outputs from a finished run; the model file is logged to ``mlflow``'s active
+    run when given (shared with the torchrun entry point, :mod:`aerial_inpainting.torchrun_training`).
+    """
     model = result.model.cpu().eval()
     model.extra = {"fingerprint": result.info["fingerprint"], "final_step": result.info["final_step"],
                    "vgg": result.info["vgg"]}  # fmt: skip
