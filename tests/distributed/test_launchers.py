@@ -58,8 +58,8 @@ def test_node_with_two_devices_logs_one_run_and_writes_one_checkpoint(tmp_path):
         assert sorted(steps) == [1, 2, 3, 4, 5], key
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_psnr")] == [2, 4, 5]
     assert len(client.list_artifacts(run.info.run_id, "training/grids")) == 3
-    assert {"model/pconv_unet.pt", "model/config.json"} <= {
-        f.path for f in client.list_artifacts(run.info.run_id, "model")
+    assert {"model_files/pconv_unet.pt", "model_files/config.json"} <= {
+        f.path for f in client.list_artifacts(run.info.run_id, "model_files")
     }
     (run_dir,) = [d for d in (tmp_path / "ck").iterdir() if d.is_dir()]
     assert [step for step, _ in list_checkpoints(run_dir)] == [5]

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 
 import matplotlib.figure
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 from kedro.io.core import Version
+from PIL import Image
 
 from aerial_inpainting.datasets import TorchModelDataset
+from aerial_inpainting.inference import inpaint_image
+from aerial_inpainting.mlflow_model import encode_png
 from aerial_inpainting.pconv.unet import PConvUNet
 from aerial_inpainting.pipelines.training.nodes import pick_validation_set, train_model
 
@@ -55,14 +61,36 @@ def test_train_model_logs_to_the_active_mlflow_run(tiny_inputs, make_params, tmp
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_psnr")] == [3, 6, 7]
     grids = {f.path for f in client.list_artifacts(run.info.run_id, "training/grids")}
     assert "training/grids/val_grid_step000000007.png" in grids and len(grids) == 3
-    model_files = {f.path for f in client.list_artifacts(run.info.run_id, "model")}
-    assert {"model/pconv_unet.pt", "model/config.json"} <= model_files
+    model_files = {f.path for f in client.list_artifacts(run.info.run_id, "model_files")}
+    assert {"model_files/pconv_unet.pt", "model_files/config.json"} <= model_files
     config = json.loads(
         (tmp_path / "art")
-        .joinpath(run.info.run_id, "artifacts", "model", "config.json")
+        .joinpath(run.info.run_id, "artifacts", "model_files", "config.json")
         .read_text()
     )
     assert config["model_config"]["depth"] == 2 and config["training"]["steps_stage1"] == 4
+
+
+def test_trained_model_is_logged_as_a_pyfunc_that_inpaints(tiny_inputs, make_params, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    try:
+        experiment = mlflow.create_experiment("t", artifact_location=(tmp_path / "art").as_uri())
+        with mlflow.start_run(experiment_id=experiment) as run:
+            model, _, _ = train_model(**tiny_inputs, params=make_params())
+        loaded = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+        image = (np.random.default_rng(0).random((20, 28, 3)) * 255).astype(np.uint8)
+        mask = np.full((20, 28), 255, np.uint8)
+        mask[5:12, 8:20] = 0
+        frame = pd.DataFrame({"image": [encode_png(image)], "mask": [encode_png(mask)]})
+        text = loaded.predict(frame)["inpainted"][0]
+    finally:
+        mlflow.set_tracking_uri(None)
+    with Image.open(io.BytesIO(base64.b64decode(text))) as png:
+        result = np.asarray(png)
+    # the logged model is the trained one: same pixels as inpainting with it directly
+    np.testing.assert_array_equal(result, inpaint_image(model, image, mask))
+    assert (result[mask == 255] == image[mask == 255]).all()
 
 
 def test_torch_model_dataset_versions_round_trip(tiny_inputs, make_params, tmp_path):

@@ -108,8 +108,8 @@ def test_training_run_logs_to_mlflow_and_beats_mean_fill(project, monkeypatch):
     }
     grids = [f.path for f in client.list_artifacts(run.info.run_id, "training/grids")]
     assert len(grids) == 2 and all(g.endswith(".png") for g in grids)
-    assert {"model/pconv_unet.pt", "model/config.json"} <= {
-        f.path for f in client.list_artifacts(run.info.run_id, "model")
+    assert {"model_files/pconv_unet.pt", "model_files/config.json"} <= {
+        f.path for f in client.list_artifacts(run.info.run_id, "model_files")
     }
 
     # --- held-out quality: hole-region PSNR of the model vs. mean-colour fill, all test images

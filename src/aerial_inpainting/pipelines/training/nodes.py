@@ -36,6 +36,9 @@ from aerial_inpainting.pconv.unet import PConvUNet
 
 logger = logging.getLogger(__name__)
 
+PYFUNC_MODEL_NAME = "model"  # runs:/<run_id>/model
+MODEL_FILES_ARTIFACT = "model_files"
+
 
 def pick_validation_set(
     test_split: pd.DataFrame, test_mask_index: pd.DataFrame, n: int
@@ -147,11 +150,20 @@ def _active_mlflow():
 
 
 def _log_model(mlflow, model: PConvUNet, cfg: TrainConfig, info: Mapping[str, Any]) -> None:
-    """The final model file and its config JSON as artefacts under ``model/``."""
+    """Log the final model to the active run twice over.
+
+    * ``model``: an MLflow pyfunc model (``mlflow.pyfunc.load_model("runs:/<id>/model")``,
+      ``mlflow models serve``) that takes an image and a mask and returns the inpainting;
+    * ``model_files/``: the plain model file (rebuilds itself with ``load_model``) and the
+      run's configuration as JSON, for evaluation, the CLI and humans.
+    """
+    from aerial_inpainting.mlflow_model import log_pyfunc_model
+
     with tempfile.TemporaryDirectory() as tmp:
         path = save_model(
             Path(tmp) / "pconv_unet.pt", model, extra={"fingerprint": info["fingerprint"]}
         )
         (Path(tmp) / "config.json").write_text(config_json(model, cfg, info))
-        mlflow.log_artifact(str(path), artifact_path="model")
-        mlflow.log_artifact(str(Path(tmp) / "config.json"), artifact_path="model")
+        mlflow.log_artifact(str(path), artifact_path=MODEL_FILES_ARTIFACT)
+        mlflow.log_artifact(str(Path(tmp) / "config.json"), artifact_path=MODEL_FILES_ARTIFACT)
+        log_pyfunc_model(path, name=PYFUNC_MODEL_NAME)
