@@ -157,7 +157,9 @@ def project_configs(device: str) -> list[tuple[str, bool]]:
     if str(device).startswith("cuda"):
         low = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         return [("fp32", False), ("fp32", True), (low, False), (low, True)]
-    return [("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True)]
+    # bf16 autocast runs at a fraction of fp32 speed on CPUs without native bf16 (a full sweep
+    # with it did not finish its first figure in 14 minutes on the 2-core development machine).
+    return [("fp32", False), ("fp32", True)]
 
 
 def config_name(precision: str, channels_last: bool) -> str:
