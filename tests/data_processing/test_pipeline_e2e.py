@@ -125,3 +125,20 @@ def test_kedro_viz_build_exports_the_pipelines(kedro_project: Path):
     }
     layers = set(main.get("layers", []))
     assert {"raw", "intermediate", "primary", "model_input", "reporting"} <= layers
+
+
+@pytest.mark.slow
+def test_an_in_process_run_leaves_no_mlflow_run_open(
+    kedro_project: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """kedro-mlflow re-enters the pipeline's run before every node; with nested runs those
+    re-entries piled up on MLflow's active-run stack and the run outlived the session."""
+    import mlflow
+    from kedro.framework.session import KedroSession
+    from kedro.framework.startup import bootstrap_project
+
+    bootstrap_project(kedro_project)
+    monkeypatch.chdir(kedro_project)
+    with KedroSession.create(project_path=kedro_project, runtime_params=OVERRIDES) as session:
+        session.run(pipeline_names=["data_processing"])
+    assert mlflow.active_run() is None
