@@ -260,3 +260,73 @@ def test_ratio_and_new_mask_are_constants():
     assert mask.grad is not None
     ratio, _ = layer.mask_update(mask.detach())
     assert not ratio.requires_grad
+
+
+def _upsample_concat_numpy(low, low_mask, skip, skip_mask):
+    """numpy: nearest x2 upsampling by np.repeat, then concatenation; masks made dense."""
+    low, low_mask, skip, skip_mask = (
+        np.asarray(t.detach(), dtype=np.float64) for t in (low, low_mask, skip, skip_mask)
+    )
+    up = low.repeat(2, axis=2).repeat(2, axis=3)
+    up_mask = low_mask.repeat(2, axis=2).repeat(2, axis=3)
+    x = np.concatenate([up, skip], axis=1)
+    dense = np.concatenate(
+        [np.repeat(up_mask, low.shape[1], axis=1), np.repeat(skip_mask, skip.shape[1], axis=1)],
+        axis=1,
+    )
+    return torch.from_numpy(x), torch.from_numpy(dense)
+
+
+def _decoder_inputs(seed, dtype=torch.float64, ca=4, cb=3, h=5, w=6):
+    g = torch.Generator().manual_seed(seed)
+    low = torch.randn(2, ca, h, w, generator=g, dtype=dtype)
+    skip = torch.randn(2, cb, 2 * h, 2 * w, generator=g, dtype=dtype)
+    low_mask = (torch.rand(2, 1, h, w, generator=g) > 0.5).to(dtype)
+    low_mask[0, :, :3, :3] = 0  # a hole wider than the window: exact zeros must appear
+    skip_mask = (torch.rand(2, 1, 2 * h, 2 * w, generator=g) > 0.5).to(dtype)
+    skip_mask[0, :, :6, :6] = 0
+    return low, low_mask, skip, skip_mask
+
+
+def test_forward_upsampled_matches_per_window_reference():
+    layer = make_layer(7, 5, 3, 1)
+    low, low_mask, skip, skip_mask = _decoder_inputs(3)
+    out, new_mask = layer.forward_upsampled(low, low_mask, skip, skip_mask)
+    x, dense = _upsample_concat_numpy(low, low_mask, skip, skip_mask)
+    ref_out, ref_mask = reference_partial_conv(x, dense, layer.weight, layer.bias, 1, 1)
+    assert (ref_mask == 0).any(), "test masks should produce windows with no valid pixel"
+    torch.testing.assert_close(out, ref_out, atol=TOL, rtol=TOL)
+    torch.testing.assert_close(new_mask, ref_mask, atol=0, rtol=0)
+
+
+def test_forward_upsampled_channels_last_matches_nchw():
+    layer = PartialConv2d(7, 5, 3)
+    low, low_mask, skip, skip_mask = _decoder_inputs(4, dtype=torch.float32)
+    want, _ = layer.forward_upsampled(low, low_mask, skip, skip_mask)
+    cl = torch.channels_last
+    got, _ = layer.to(memory_format=cl).forward_upsampled(
+        low.contiguous(memory_format=cl), low_mask, skip.contiguous(memory_format=cl), skip_mask
+    )
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_forward_upsampled_gradients_match_the_plain_layer(single_thread):
+    layer = make_layer(7, 5, 3, 1)
+    low, low_mask, skip, skip_mask = _decoder_inputs(5)
+    low.requires_grad_(True)
+    skip.requires_grad_(True)
+    weights = torch.randn(2, 5, 10, 12, dtype=torch.float64)
+    out, _ = layer.forward_upsampled(low, low_mask, skip, skip_mask)
+    got = torch.autograd.grad((out * weights).sum(), (low, skip, layer.weight, layer.bias))
+    up, up_mask = (F.interpolate(t, scale_factor=2, mode="nearest") for t in (low, low_mask))
+    plain, _ = layer(torch.cat([up, skip], 1), torch.cat([up_mask, skip_mask], 1), (4, 3))
+    want = torch.autograd.grad((plain * weights).sum(), (low, skip, layer.weight, layer.bias))
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_forward_upsampled_rejects_other_shapes():
+    with pytest.raises(ValueError, match="kernel 3, stride 1"):
+        PartialConv2d(7, 5, 3, stride=2).forward_upsampled(*_decoder_inputs(6))
+    with pytest.raises(ValueError, match="7 channels"):
+        PartialConv2d(7, 5, 3).double().forward_upsampled(*_decoder_inputs(6, ca=2))

@@ -161,12 +161,8 @@ class PConvUNet(nn.Module):
 
         n_dec = len(self.dec_convs)
         for j, (conv, norm) in enumerate(zip(self.dec_convs, self.dec_norms, strict=True)):
-            skip_x, skip_m = features.pop(), masks.pop()
-            x = F.interpolate(x, scale_factor=2, mode="nearest")
-            m = F.interpolate(m, scale_factor=2, mode="nearest")
-            x = torch.cat([x, skip_x.to(x.dtype)], dim=1)
-            m = torch.cat([m, skip_m.to(m.dtype)], dim=1)
-            x, m = conv(x, m, self.dec_sources[j])
+            # = conv(cat(up(x), skip), cat(up(m), skip_m)), without materialising up(x)
+            x, m = conv.forward_upsampled(x, m, features.pop(), masks.pop())
             if j < n_dec - 1:
                 x = F.leaky_relu(norm(x), 0.2)
         return x
