@@ -69,3 +69,32 @@ def test_inpaint_batch_sequential_equals_pool() -> None:
     pooled = baselines.inpaint_batch(fn, images, masks, workers=2)
     np.testing.assert_array_equal(seq, pooled)
     np.testing.assert_array_equal(seq[1], baselines.telea(images[1], masks[1]))
+
+
+@pytest.mark.parametrize("mask_dtype", [bool, np.uint8, np.float64])
+def test_mean_fill_matches_the_numpy_mean_bit_for_bit(mask_dtype: type) -> None:
+    """Full-size images, means that are exact halves (ties round to even), any mask dtype."""
+    rng = np.random.default_rng(3)
+    ties = 0
+    for trial in range(12):
+        image = rng.integers(0, 256, (256, 256, 3)).astype(np.uint8)
+        valid = rng.random((256, 256)) < rng.choice([0.001, 0.3, 0.9])
+        if trial % 2 == 0:  # levels v, v + 1 in alternate columns, whole valid rows: v + 0.5
+            image[:] = rng.integers(0, 255, 3).astype(np.uint8)
+            image[:, 1::2] += 1
+            valid[:] = (rng.random(256) < 0.5)[:, None]
+        if trial % 3 == 0:
+            image, valid = image.transpose(1, 0, 2), valid.T  # not C-contiguous
+        out = baselines.mean_fill(image, valid.astype(mask_dtype))
+        mean = image[valid].astype(np.float64).mean(axis=0)
+        ties += int(np.sum(mean % 1 == 0.5))
+        expected = np.rint(mean).astype(np.uint8)
+        np.testing.assert_array_equal(out[~valid], np.broadcast_to(expected, out[~valid].shape))
+        np.testing.assert_array_equal(out[valid], image[valid])
+    assert ties >= 9
+
+
+def test_mean_fill_without_valid_pixels_is_mid_grey() -> None:
+    image = np.full((8, 6, 3), 17, np.uint8)
+    out = baselines.mean_fill(image, np.zeros((8, 6), np.uint8))
+    np.testing.assert_array_equal(out, np.full_like(image, 128))  # rint(127.5) = 128

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -79,6 +80,64 @@ def test_batched_ssim_matches_skimage_uint8(shape: tuple[int, int]) -> None:
     b[-1] = a[-1]  # identical pair
     expected = [_sk_ssim(b[i] / 255.0, a[i] / 255.0) for i in range(len(a))]
     np.testing.assert_allclose(metrics.batch_ssim(_nchw(b), _nchw(a)), expected, atol=1e-4)
+
+
+def _aerial_like(rng: np.random.Generator, n: int, size: int = 256) -> np.ndarray:
+    """uint8 (n, size, size, 3): smooth random colour fields (upsampled noise) plus pixel noise."""
+    out = np.empty((n, size, size, 3), dtype=np.uint8)
+    for i in range(n):
+        coarse = rng.normal(size=(size // 16, size // 16, 3))
+        smooth = cv2.resize(coarse, (size, size), interpolation=cv2.INTER_CUBIC)
+        noisy = 128 + 40 * smooth + rng.normal(0, rng.uniform(2, 12), smooth.shape)
+        out[i] = np.clip(np.rint(noisy), 0, 255)
+    return out
+
+
+def test_fast_ssim_matches_skimage_on_realistic_256px_uint8() -> None:
+    """Exact integer window sums (OpenCV, in row bands) vs scikit-image on full-size images."""
+    rng = np.random.default_rng(11)
+    target = _aerial_like(rng, 4)
+    output = _aerial_like(rng, 4)
+    output[1] = np.clip(target[1].astype(int) + rng.integers(-3, 4, target[1].shape), 0, 255)
+    output[2] = target[2]  # identical
+    mask = np.ones((4, 256, 256), dtype=bool)
+    mask[:, 40:130, 60:200] = False  # a big hole...
+    output[:, 40:130, 60:200] = rng.integers(0, 256, 3).astype(np.uint8)  # ...filled flat
+    mask[3, 200:, :] = False  # a hole touching the border
+    res = metrics.inpainting_metrics(
+        _nchw(output), _nchw(target), torch.from_numpy(mask)[:, None], raw_ssim=True
+    )
+    for i in range(4):
+        comp = np.where(mask[i][..., None], target[i], output[i])
+        gt = target[i] / 255.0
+        assert res["ssim"][i] == pytest.approx(_sk_ssim(comp / 255.0, gt), abs=1e-4)
+        assert res["ssim_raw"][i] == pytest.approx(_sk_ssim(output[i] / 255.0, gt), abs=1e-4)
+    comps = np.where(mask[..., None], target, output)
+    expected = [_sk_ssim(comps[i] / 255.0, target[i] / 255.0) for i in range(4)]
+    np.testing.assert_allclose(metrics.batch_ssim(_nchw(comps), _nchw(target)), expected, atol=1e-4)
+    # The same batches in channels-first memory (copied image by image) give the same numbers.
+    nchw = [torch.from_numpy(a).permute(0, 3, 1, 2).contiguous() for a in (output, target)]
+    res2 = metrics.inpainting_metrics(*nchw, torch.from_numpy(mask)[:, None], raw_ssim=True)
+    for key, values in res.items():
+        np.testing.assert_array_equal(res2[key], values)
+
+
+def test_uint8_ssim_with_a_window_too_large_for_int32_falls_back_to_float64() -> None:
+    rng = np.random.default_rng(12)
+    a, b = _aerial_like(rng, 2, size=48)
+    expected = structural_similarity(
+        b / 255.0, a / 255.0, channel_axis=-1, data_range=1.0, win_size=13
+    )
+    got = metrics.batch_ssim(_nchw(b[None]), _nchw(a[None]), win_size=13)
+    assert got[0] == pytest.approx(expected, abs=1e-10)
+
+
+def test_window_sums_are_the_sums_of_the_windows_inside_the_image() -> None:
+    rng = np.random.default_rng(13)
+    x = rng.integers(0, 256, (20, 17, 3)).astype(np.int32)
+    windows = np.lib.stride_tricks.sliding_window_view(x, (7, 7), axis=(0, 1))
+    expected = windows.sum((-1, -2)).reshape(14, 11 * 3)
+    np.testing.assert_array_equal(metrics._window_sums(x, 7, cv2.CV_32S), expected)
 
 
 def test_ssim_rejects_images_smaller_than_the_window() -> None:

@@ -24,23 +24,37 @@ BASELINES = ("telea", "navier_stokes", "biharmonic", "mean_fill")
 
 
 def _check(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The image (C-contiguous) and the valid mask as a (H, W) bool array (non-zero = valid)."""
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
         raise ValueError(f"Expected a uint8 (H, W, 3) image, got {image.dtype} {image.shape}")
+    mask = np.asarray(mask)
     if mask.shape != image.shape[:2]:
         raise ValueError(f"Mask shape {mask.shape} does not match image shape {image.shape[:2]}")
-    return np.ascontiguousarray(image), np.asarray(mask).astype(bool)
+    valid = mask if mask.dtype == np.bool_ else mask != 0  # what astype(bool) gives, no copy
+    return np.ascontiguousarray(image), np.ascontiguousarray(valid)
+
+
+def _as_cv_mask(valid: np.ndarray) -> np.ndarray:
+    """A C-contiguous bool mask as the uint8 0/1 mask OpenCV takes (a view, no copy)."""
+    return valid.view(np.uint8)
 
 
 def _keep_valid(image: np.ndarray, filled: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """Guarantee the contract: valid pixels are the input's, bit for bit."""
-    return np.where(valid[..., None], image, filled).astype(np.uint8)
+    """Guarantee the contract: valid pixels are the input's, bit for bit.
+
+    ``filled`` (values already in 0..255) is cast to uint8; a uint8 ``filled`` is written in
+    place, so callers pass a fresh array.
+    """
+    out = np.ascontiguousarray(filled, dtype=np.uint8)
+    cv2.copyTo(image, _as_cv_mask(valid), out)  # in place: the input's pixels where valid
+    return out
 
 
 def _opencv(image: np.ndarray, mask: np.ndarray, radius: float, flags: int) -> np.ndarray:
     image, valid = _check(image, mask)
     if valid.all():
         return image.copy()
-    hole = np.where(valid, 0, 255).astype(np.uint8)  # OpenCV: non-zero = pixel to fill
+    hole = cv2.compare(_as_cv_mask(valid), 0, cv2.CMP_EQ)  # OpenCV: non-zero (255) = pixel to fill
     return _keep_valid(image, cv2.inpaint(image, hole, float(radius), flags), valid)
 
 
@@ -69,9 +83,24 @@ def biharmonic(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
 def mean_fill(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Fill holes with the mean valid colour per channel (rounded); mid-grey if nothing is valid."""
     image, valid = _check(image, mask)
-    colour = image[valid].astype(np.float64).mean(axis=0) if valid.any() else np.full(3, 127.5)
-    filled = np.broadcast_to(np.clip(np.rint(colour), 0, 255), image.shape)
-    return _keep_valid(image, filled, valid)
+    count = int(np.count_nonzero(valid))
+    if count == valid.size:  # no hole (or no pixel)
+        return image.copy()
+    valid8 = _as_cv_mask(valid)
+    if count:
+        # OpenCV's masked mean times the count is the exact integer sum up to rounding far
+        # below 0.5, so rint recovers it; sum / count is then the float64 mean that numpy
+        # gives for image[valid].mean(axis=0), bit for bit (exact integer sums, one division).
+        sums = np.rint(np.asarray(cv2.mean(image, mask=valid8)[:3]) * count)
+        colour = sums / count
+    else:
+        colour = np.full(3, 127.5)
+    h, w, c = image.shape
+    filled = np.empty_like(image)
+    # Row by row (a whole row of colours at once: far faster than broadcasting 3 values).
+    filled.reshape(h, w * c)[...] = np.tile(np.clip(np.rint(colour), 0, 255).astype(np.uint8), w)
+    cv2.copyTo(image, valid8, filled)  # in place: the input's pixels where valid
+    return filled
 
 
 def get_baseline(
