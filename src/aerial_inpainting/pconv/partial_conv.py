@@ -29,15 +29,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# _PHASE_FOLD[p, t, a]: weight of 3x3 kernel row a in tap t of the 2x2 kernel for phase p.
-_PHASE_FOLD = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]], [[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]]])
-
 
 def _pair(value: int | Sequence[int]) -> tuple[int, int]:
     if isinstance(value, int):
         return (value, value)
     first, second = value
     return (int(first), int(second))
+
+
+def _fold_phases(weight: torch.Tensor, dim: int) -> torch.Tensor:
+    """Fold a size-3 kernel axis ``dim`` into (phase, tap) = 2 x 2, inserted at ``dim``/``dim+1``.
+
+    For nearest x2 upsampling, output phase 0 reads input offsets (-1, 0) with taps
+    (k0, k1 + k2) and phase 1 reads offsets (0, +1) with taps (k0 + k1, k2).
+    """
+    k0, k1, k2 = weight.unbind(dim)
+    even = torch.stack([k0, k1 + k2], dim=dim)
+    odd = torch.stack([k0 + k1, k2], dim=dim)
+    return torch.stack([even, odd], dim=dim)
 
 
 class PartialConv2d(nn.Module):
@@ -227,12 +236,12 @@ class PartialConv2d(nn.Module):
         weight = self.weight
         out = F.conv2d(skip * skip_mask.to(skip.dtype), weight[:, ca:], None, 1, 1)
         # Phase p of a row uses rows (i-1, i) of the small map when p = 0 and (i, i+1) when
-        # p = 1: the 3 kernel rows fold into 2 as [w0, w1 + w2] and [w0 + w1, w2].
-        fold = _PHASE_FOLD.to(device=weight.device, dtype=weight.dtype)
-        phase_weight = torch.einsum("psa,oiab,qtb->opqist", fold, weight[:, :ca], fold)
-        phase_weight = phase_weight.reshape(4 * self.out_channels, ca, 2, 2)
-        masked_low = F.pad(low * low_mask.to(low.dtype), (1, 1, 1, 1))
-        phases = F.conv2d(masked_low, phase_weight.to(out.dtype))  # (n, 4 C_out, h+1, w+1)
+        # p = 1: the 3 kernel rows fold into 2 as [w0, w1 + w2] and [w0 + w1, w2]; columns too.
+        folded = _fold_phases(_fold_phases(weight[:, :ca], dim=2), dim=4)  # (o, i, p, t, q, u)
+        phase_weight = folded.permute(0, 2, 4, 1, 3, 5).reshape(4 * self.out_channels, ca, 2, 2)
+        masked_low = low * low_mask.to(low.dtype)
+        # padding 1 with a 2x2 kernel: (h+1, w+1) outputs; phase p's row i sits at row i + p.
+        phases = F.conv2d(masked_low, phase_weight.to(out.dtype), None, 1, 1)
         phases = phases.unflatten(1, (self.out_channels, 2, 2))
         grid = out.unflatten(3, (w, 2)).unflatten(2, (h, 2))  # view (n, C_out, h, 2, w, 2)
         for p in (0, 1):
