@@ -228,10 +228,11 @@ def _predict(
     model: torch.nn.Module, image: np.ndarray, valid: np.ndarray, device: torch.device
 ) -> np.ndarray:
     """Model output for one padded image: float32 (h, w, 3) clipped to [0, 1]."""
-    x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None].to(device)
+    # NHWC (channels_last) memory: the model's convolutions run faster in it (README, benchmarks).
+    x = torch.from_numpy(np.ascontiguousarray(image))[None].permute(0, 3, 1, 2).to(device)
     m = torch.from_numpy(valid.astype(np.float32))[None, None].to(device)
     with torch.inference_mode():
-        out = model(x.float() / 255.0, m)
+        out = model(x.float().contiguous(memory_format=torch.channels_last) / 255.0, m)
     return out[0].clamp(0.0, 1.0).permute(1, 2, 0).float().cpu().numpy()
 
 
@@ -257,7 +258,7 @@ def inpaint_image(
     ``progress``: tqdm bar over tiles (None = only on a terminal).
     Returns uint8 (H, W, 3) whose valid pixels equal the input's exactly. A mask without
     holes returns the image unchanged; a mask without any valid pixel is refused.
-    The model is put in eval mode and moved to ``device``.
+    The model is put in eval mode and moved to ``device`` in channels_last memory format.
     """
     rgb = to_rgb_uint8(image, name=name)
     valid = prepare_mask(mask, rgb.shape, threshold=threshold, invert=invert_mask, name=name)
@@ -271,7 +272,7 @@ def inpaint_image(
         )
     multiple = model_multiple(model)
     device = resolve_device(device)
-    model.eval().to(device)
+    model.eval().to(device, memory_format=torch.channels_last)
 
     height, width = rgb.shape[:2]
     if tile_size is None and max(height, width) > max_size:
