@@ -37,16 +37,23 @@ def _pair(value: int | Sequence[int]) -> tuple[int, int]:
     return (int(first), int(second))
 
 
-def _fold_phases(weight: torch.Tensor, dim: int) -> torch.Tensor:
-    """Fold a size-3 kernel axis ``dim`` into (phase, tap) = 2 x 2, inserted at ``dim``/``dim+1``.
+# Nearest x2 upsampling: output phase 0 of an axis reads input offsets (-1, 0) with kernel
+# taps (k0, k1 + k2), phase 1 reads offsets (0, +1) with taps (k0 + k1, k2).
+_AXIS_FOLD = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]], [[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]]])
+# (3x3 tap (a, b)) -> (row phase p, column phase q, row tap t, column tap u), as a 9 x 16 matrix.
+_PHASE_FOLD = torch.einsum("pta,qub->abpqtu", _AXIS_FOLD, _AXIS_FOLD).reshape(9, 16)
 
-    For nearest x2 upsampling, output phase 0 reads input offsets (-1, 0) with taps
-    (k0, k1 + k2) and phase 1 reads offsets (0, +1) with taps (k0 + k1, k2).
+
+def _phase_kernels(weight: torch.Tensor) -> torch.Tensor:
+    """(C_out, C, 3, 3) kernels -> (4 C_out, C, 2, 2): one 2x2 kernel per output phase.
+
+    Output channel ``(p * 2 + q) * C_out + o`` is phase (row p, column q) of channel ``o``. One
+    small matrix product and one copy (forward and backward), cheap next to the convolution.
     """
-    k0, k1, k2 = weight.unbind(dim)
-    even = torch.stack([k0, k1 + k2], dim=dim)
-    odd = torch.stack([k0 + k1, k2], dim=dim)
-    return torch.stack([even, odd], dim=dim)
+    c_out, c_in = weight.shape[:2]
+    fold = _PHASE_FOLD.to(device=weight.device, dtype=weight.dtype)
+    folded = (weight.reshape(c_out * c_in, 9) @ fold).reshape(c_out, c_in, 4, 4)  # (o, i, pq, tu)
+    return folded.permute(2, 0, 1, 3).reshape(4 * c_out, c_in, 2, 2)
 
 
 class PartialConv2d(nn.Module):
@@ -237,16 +244,14 @@ class PartialConv2d(nn.Module):
         out = F.conv2d(skip * skip_mask.to(skip.dtype), weight[:, ca:], None, 1, 1)
         # Phase p of a row uses rows (i-1, i) of the small map when p = 0 and (i, i+1) when
         # p = 1: the 3 kernel rows fold into 2 as [w0, w1 + w2] and [w0 + w1, w2]; columns too.
-        folded = _fold_phases(_fold_phases(weight[:, :ca], dim=2), dim=4)  # (o, i, p, t, q, u)
-        phase_weight = folded.permute(0, 2, 4, 1, 3, 5).reshape(4 * self.out_channels, ca, 2, 2)
         masked_low = low * low_mask.to(low.dtype)
         # padding 1 with a 2x2 kernel: (h+1, w+1) outputs; phase p's row i sits at row i + p.
-        phases = F.conv2d(masked_low, phase_weight.to(out.dtype), None, 1, 1)
-        phases = phases.unflatten(1, (self.out_channels, 2, 2))
+        phases = F.conv2d(masked_low, _phase_kernels(weight[:, :ca]).to(out.dtype), None, 1, 1)
+        phases = phases.unflatten(1, (2, 2, self.out_channels))  # (n, p, q, C_out, h+1, w+1)
         grid = out.unflatten(3, (w, 2)).unflatten(2, (h, 2))  # view (n, C_out, h, 2, w, 2)
         for p in (0, 1):
             for q in (0, 1):
-                grid[:, :, :, p, :, q] += phases[:, :, p, q, p : p + h, q : q + w]
+                grid[:, :, :, p, :, q] += phases[:, p, q, :, p : p + h, q : q + w]
         out = out.mul_(ratio.to(out.dtype))
         if self.bias is not None:
             bias = self.bias.to(out.dtype).view(1, -1, 1, 1)
