@@ -47,14 +47,19 @@ def _project_unet(depth: int, channels_last: bool, device: str) -> nn.Module:
 class _Forward:
     """Inference forward of one model on fixed inputs (inference_mode, optional autocast)."""
 
-    def __init__(self, model: nn.Module, images: torch.Tensor, masks: torch.Tensor, precision: str) -> None:
+    def __init__(
+        self, model: nn.Module, images: torch.Tensor, masks: torch.Tensor, precision: str
+    ) -> None:
         self.model, self.images, self.masks = model, images, masks
         self.dtype = PRECISIONS[precision]
         self.device_type = images.device.type
 
     def __call__(self) -> None:
-        with torch.inference_mode(), torch.autocast(
-            self.device_type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None
+        with (
+            torch.inference_mode(),
+            torch.autocast(
+                self.device_type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None
+            ),
         ):
             self.model(self.images * self.masks, self.masks)
 
@@ -76,7 +81,10 @@ def bench_batch_throughput(
     for precision, cl in project_configs(device):
         fmt = torch.channels_last if cl else torch.contiguous_format
         fns[config_name(precision, cl)] = _Forward(
-            models[cl], images.contiguous(memory_format=fmt), masks.contiguous(memory_format=fmt), precision
+            models[cl],
+            images.contiguous(memory_format=fmt),
+            masks.contiguous(memory_format=fmt),
+            precision,
         )
     if include_original:
         torch.manual_seed(0)

@@ -59,9 +59,10 @@ def make_batch(
     for n in range(batch):
         for _ in range(4):
             h, w = (torch.randint(size // 8, size // 2, (2,), generator=g)).tolist()
-            y, x = torch.randint(0, size - h, (1,), generator=g).item(), torch.randint(
-                0, size - w, (1,), generator=g
-            ).item()
+            y, x = (
+                torch.randint(0, size - h, (1,), generator=g).item(),
+                torch.randint(0, size - w, (1,), generator=g).item(),
+            )
             masks[n, :, y : y + h, x : x + w] = 0
     return images.to(device), masks.to(device)
 
@@ -83,7 +84,9 @@ class TrainStep:
         self.images, self.masks = images, masks
         self.dtype = PRECISIONS[precision]
         self.device = torch.device(device)
-        self.optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=2e-4)
+        self.optimizer = torch.optim.Adam(
+            [p for p in model.parameters() if p.requires_grad], lr=2e-4
+        )
         model.train()
 
     def __call__(self) -> float:
@@ -195,9 +198,7 @@ def bench_training_throughput(
         "batch": batch,
         "size": size,
         "depth": depth,
-        "configs": {
-            k: {**v, "images_per_s": batch / v["median_s"]} for k, v in timings.items()
-        },
+        "configs": {k: {**v, "images_per_s": batch / v["median_s"]} for k, v in timings.items()},
         "best_config": best,
         "best_images_per_s": batch / project[best]["median_s"],
         "original_images_per_s": batch / timings[orig_key]["median_s"],
@@ -228,12 +229,16 @@ def bench_conv_peak(
 
     device = device or default_device()
     dtype = PRECISIONS[precision]
-    shapes = [(8, 256, 64, 3), (8, 512, 32, 3)] if quick else [
-        (8, 256, 64, 3),
-        (8, 512, 32, 3),
-        (4, 128, 128, 3),
-        (16, 512, 16, 3),
-    ]
+    shapes = (
+        [(8, 256, 64, 3), (8, 512, 32, 3)]
+        if quick
+        else [
+            (8, 256, 64, 3),
+            (8, 512, 32, 3),
+            (4, 128, 128, 3),
+            (16, 512, 16, 3),
+        ]
+    )
     rates = []
     for n, c, hw, k in shapes:
         for cl in (False, True):
@@ -243,7 +248,11 @@ def bench_conv_peak(
             x.requires_grad_(True)
 
             def step(conv: nn.Module = conv, x: torch.Tensor = x) -> None:
-                with torch.autocast(torch.device(device).type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                with torch.autocast(
+                    torch.device(device).type,
+                    dtype=dtype or torch.float32,
+                    enabled=dtype is not None,
+                ):
                     y = conv(x)
                 y.float().sum().backward()
 
@@ -261,7 +270,12 @@ def bench_conv_peak(
             )
             del conv, x
     best = max(rates, key=lambda r: r["gflop_per_s"])
-    return {"precision": precision, "best_gflop_per_s": best["gflop_per_s"], "best_shape": best["shape"], "all": rates}
+    return {
+        "precision": precision,
+        "best_gflop_per_s": best["gflop_per_s"],
+        "best_shape": best["shape"],
+        "all": rates,
+    }
 
 
 def bench_flop_rate(
@@ -303,7 +317,10 @@ _CATEGORIES = (
     ("matmul (Gram)", ("bmm", "aten::mm", "addmm", "matmul")),
     ("batch norm", ("batch_norm",)),
     ("pooling / upsampling", ("pool", "upsample")),
-    ("copies / layout / cat", ("copy_", "aten::cat", "_to_copy", "clone", "contiguous", "aten::to")),
+    (
+        "copies / layout / cat",
+        ("copy_", "aten::cat", "_to_copy", "clone", "contiguous", "aten::to"),
+    ),
     ("optimizer (Adam)", ("adam", "_foreach", "lerp", "addcdiv", "sqrt")),
 )
 
@@ -336,9 +353,7 @@ def profile_training_step(
     step()
     with FlopCounterMode(display=False) as counter:
         step()
-    conv_flops = sum(
-        v for k, v in counter.get_flop_counts()["Global"].items() if "conv" in str(k)
-    )
+    conv_flops = sum(v for k, v in counter.get_flop_counts()["Global"].items() if "conv" in str(k))
     total_flops = counter.get_total_flops()
     activities = [ProfilerActivity.CPU]
     if str(device).startswith("cuda"):
@@ -361,7 +376,9 @@ def profile_training_step(
     return {
         "config": config_name(precision, channels_last),
         "profiled_step_s": total,
-        "categories": {k: {"s": v, "share": v / total} for k, v in sorted(cats.items(), key=lambda kv: -kv[1])},
+        "categories": {
+            k: {"s": v, "share": v / total} for k, v in sorted(cats.items(), key=lambda kv: -kv[1])
+        },
         "top_ops": [{"op": n, "s": t, "share": t / total, "calls": c} for n, t, c in per_op[:top]],
         "conv_gflops": conv_flops / 1e9,
         "conv_flop_share": conv_flops / total_flops,

@@ -134,7 +134,9 @@ def peak_rss_bytes() -> int | None:
         return None
 
 
-def run_in_subprocess(module: str, function: str, kwargs: dict[str, Any], timeout: float = 1800) -> Any:
+def run_in_subprocess(
+    module: str, function: str, kwargs: dict[str, Any], timeout: float = 1800
+) -> Any:
     """Call ``benchmarks.<module>.<function>(**kwargs)`` in a fresh interpreter; return its JSON result."""
     code = (
         "import json, sys\n"

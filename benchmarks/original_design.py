@@ -29,10 +29,20 @@ class DensePartialConv2d(nn.Conv2d):
     """Partial convolution whose mask update is a dense ones-convolution of a C_in-channel mask."""
 
     def __init__(
-        self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, bias: bool = True
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        bias: bool = True,
     ) -> None:
         super().__init__(
-            in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2, bias=bias
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=kernel_size // 2,
+            bias=bias,
         )
         self.register_buffer(
             "mask_weight",
@@ -85,7 +95,9 @@ class OriginalPConvUNet(nn.Module):
         cin = 3
         for i in range(depth):
             # Bias only where no BatchNorm follows (the first layer), as the public code does.
-            self.encoder.append(_Block(cin, chans[i], kernels[i], 2, bn=i > 0, act="relu", bias=i == 0))
+            self.encoder.append(
+                _Block(cin, chans[i], kernels[i], 2, bn=i > 0, act="relu", bias=i == 0)
+            )
             cin = chans[i]
         self.decoder = nn.ModuleList()
         skips = [3, *chans[:-1]]  # what each decoder level is concatenated with
