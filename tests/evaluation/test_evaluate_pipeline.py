@@ -225,3 +225,22 @@ def test_evaluate_pipeline_end_to_end(kedro_project: Path, capsys: pytest.Captur
         "evaluation/metrics_vs_hole_ratio.png",
         "evaluation/evaluation_examples.png",
     } <= artefacts
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_predict_images_equals_a_direct_forward_pass(channels_last: bool) -> None:
+    """Batched, channels_last prediction = the model called on each image in NCHW, rounded."""
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    masks = rng.random((5, 32, 32)) > 0.3
+    reference_model = _tiny_model()
+    with torch.no_grad():
+        x = torch.from_numpy(images).permute(0, 3, 1, 2).double() / 255.0
+        m = torch.from_numpy(masks).double()[:, None]
+        want = reference_model.double()(x * m, m).clamp(0, 1).mul(255).round()
+    got = nodes.predict_images(
+        _tiny_model(), images, masks, torch.device("cpu"), 2, channels_last=channels_last
+    )
+    diff = np.abs(got.astype(int) - want.permute(0, 2, 3, 1).numpy().astype(int))
+    assert diff.max() <= 1  # float32 against float64: a rounding step at most
+    assert (diff == 0).mean() > 0.99

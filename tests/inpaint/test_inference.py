@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from types import SimpleNamespace
 
 import numpy as np
@@ -167,3 +168,18 @@ def test_grayscale_and_rgba_inputs_are_converted():
 def test_bad_image_shape_is_refused():
     with pytest.raises(InpaintingInputError, match="expected an image"):
         to_rgb_uint8(np.zeros((4, 4, 5), np.uint8))
+
+
+def test_real_unet_output_equals_a_direct_float64_forward(tiny_model):
+    """inpaint_image (channels_last, float32) = the model called in NCHW float64, in the holes."""
+    image = _random_image(32, 40, seed=5)
+    valid = np.ones((32, 40), dtype=bool)
+    valid[8:20, 10:30] = False
+    reference = copy.deepcopy(tiny_model).double().eval()
+    with torch.no_grad():
+        x = torch.from_numpy(image).permute(2, 0, 1)[None].double() / 255.0
+        m = torch.from_numpy(valid).double()[None, None]
+        want = reference(x, m)[0].clamp(0, 1).mul(255).round().permute(1, 2, 0).numpy()
+    got = inpaint_image(tiny_model, image, valid.astype(np.uint8) * 255)
+    assert np.abs(got[~valid].astype(int) - want[~valid].astype(int)).max() <= 1
+    np.testing.assert_array_equal(got[valid], image[valid])
