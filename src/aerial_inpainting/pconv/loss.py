@@ -9,12 +9,16 @@ With ``M`` (N, 1, H, W) = 1 on valid pixels, ``I_comp = M ⊙ I_gt + (1 - M) ⊙
 * ``style_out = Σ_p mean|K_p (ψ_p(I_out)ᵀψ_p(I_out) - ψ_p(I_gt)ᵀψ_p(I_gt))|`` with
   ``K_p = 1 / (C_p H_p W_p)``, the mean over the batch and the ``C_p x C_p`` Gram entries;
   ``style_comp`` likewise with ``I_comp``;
+* ``ssim = 1 - SSIM(I_comp, I_gt)`` (an extension beyond the paper, weight 0 = the paper's loss):
+  the structural term of Zhao et al., "Loss Functions for Image Restoration with Neural
+  Networks", IEEE TCI 2017, computed by the ``pytorch_msssim`` library (Gaussian window
+  ``SSIM_WINDOW`` px, sigma 1.5, data range 1, mean over the batch);
 * ``tv``: on ``I_comp`` over ``P``, the 1-pixel dilation (3x3 square) of the hole region:
   ``Σ_{(i,j),(i,j+1) ∈ P} |I[i,j+1] - I[i,j]| + Σ_{(i,j),(i+1,j) ∈ P} |I[i+1,j] - I[i,j]|``,
   summed over batch and channels and divided by N·C·H·W like the L1 terms.
 
 ``total = w_valid·valid + w_hole·hole + w_perceptual·perceptual + w_style·(style_out +
-style_comp) + w_tv·tv`` (paper: 1, 6, 0.05, 120, 0.1).
+style_comp) + w_tv·tv + w_ssim·ssim`` (paper: 1, 6, 0.05, 120, 0.1, and no SSIM term).
 """
 
 from __future__ import annotations
@@ -25,11 +29,16 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from pytorch_msssim import ssim as _library_ssim
 from torch import nn
 
 from aerial_inpainting.pconv.vgg import VGG16FeatureExtractor
 
-LOSS_KEYS = ("total", "valid", "hole", "perceptual", "style_out", "style_comp", "tv")
+LOSS_KEYS = ("total", "valid", "hole", "perceptual", "style_out", "style_comp", "tv", "ssim")
+
+# Side of the SSIM loss's Gaussian window (pytorch_msssim's default is 11; 7 matches the
+# 7x7 window of the evaluation's scikit-image SSIM and fits 16 px crops).
+SSIM_WINDOW = 7
 
 
 @dataclass
@@ -41,6 +50,7 @@ class LossWeights:
     perceptual: float = 0.05
     style: float = 120.0
     tv: float = 0.1
+    ssim: float = 0.0
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -79,7 +89,7 @@ def total_variation(image: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
 
 
 class InpaintingLoss(nn.Module):
-    """``forward(output, target, mask) -> {total, valid, hole, perceptual, style_out, style_comp, tv}``.
+    """``forward(output, target, mask) -> {total, valid, hole, perceptual, style_out, style_comp, tv, ssim}``.
 
     ``feature_extractor=None`` drops the perceptual and style terms (they are reported as 0).
     """
@@ -116,8 +126,14 @@ class InpaintingLoss(nn.Module):
         hole = ((1.0 - m) * diff).abs().mean()
         comp = m * gt + (1.0 - m) * out
         tv = total_variation(comp, hole_dilation(m))
-
         zero = out.new_zeros(())
+        ssim_term = zero
+        if self.weights.ssim:
+            with torch.autocast(device_type=out.device.type, enabled=False):
+                ssim_term = 1.0 - _library_ssim(
+                    comp, gt, data_range=1.0, size_average=True, win_size=SSIM_WINDOW
+                )
+
         perceptual, style_out, style_comp = zero, zero, zero
         if self.feature_extractor is not None:
             with torch.no_grad():
@@ -140,6 +156,7 @@ class InpaintingLoss(nn.Module):
             + w.perceptual * perceptual
             + w.style * (style_out + style_comp)
             + w.tv * tv
+            + w.ssim * ssim_term
         )
         return {
             "total": total,
@@ -149,4 +166,5 @@ class InpaintingLoss(nn.Module):
             "style_out": style_out,
             "style_comp": style_comp,
             "tv": tv,
+            "ssim": ssim_term,
         }
