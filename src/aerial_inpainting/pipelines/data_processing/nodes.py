@@ -21,6 +21,7 @@ from aerial_inpainting.imaging.io import center_crop_resize
 from aerial_inpainting.imaging.masks import (
     TEST_STREAM,
     TRAIN_STREAM,
+    VAL_STREAM,
     MaskShapeConfig,
     mask_in_bucket,
     mask_rng,
@@ -266,6 +267,35 @@ def split_train_test(
     return train, test
 
 
+def split_train_validation(
+    train_split: pd.DataFrame, params: dict[str, Any]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Carve a stratified, seeded validation split out of the training split.
+
+    ``split.val_fraction`` of every class (at least one image while the class keeps one for
+    training); each class's generator is seeded from (seed, class name, 1), independent of the
+    test split's. Training monitoring and the choice of checkpoints use it, never the test split.
+    Returns ``(fit_split, val_split)``.
+    """
+    split = params["split"]
+    seed, fraction = int(split["seed"]), float(split["val_fraction"])
+    if not 0 <= fraction < 1:
+        raise ValueError(
+            f"parameters_data_processing.yml: split.val_fraction must be in [0, 1), got {fraction}"
+        )
+    val_rows: list[int] = []
+    for class_name in sorted(train_split.class_name.unique()) if fraction else []:
+        rows = np.sort(train_split.loc[train_split.class_name == class_name, "row"].to_numpy())
+        n_val = min(max(int(np.floor(len(rows) * fraction + 0.5)), 1), len(rows) - 1)
+        rng = np.random.default_rng([seed, zlib.crc32(class_name.encode()), 1])
+        val_rows.extend(rows[rng.permutation(len(rows))[:n_val]].tolist())
+    is_val = train_split.row.isin(val_rows)
+    fit = train_split[~is_val].reset_index(drop=True)
+    val = train_split[is_val].reset_index(drop=True)
+    logger.info("Validation split: %d images (%d left for fitting)", len(val), len(fit))
+    return fit, val
+
+
 def _mask_params(params: dict[str, Any]) -> tuple[int, int, MaskShapeConfig, dict[str, Any]]:
     masks = params.get("masks", {}) or {}
     return (
@@ -317,6 +347,22 @@ def generate_test_masks(
         }
     )
     logger.info("Generated %d test masks: %s", len(index), dict(sorted(Counter(buckets).items())))
+    return masks, index
+
+
+def generate_val_masks(
+    val_split: pd.DataFrame, params: dict[str, Any]
+) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
+    """One fixed mask per validation image, like the test masks but from their own stream."""
+    masks, ids, ratios, buckets = _make_masks("val", len(val_split), VAL_STREAM, params)
+    index = pd.DataFrame(
+        {
+            "mask_id": ids,
+            "image_id": val_split.image_id.to_list(),
+            "hole_ratio": ratios,
+            "bucket": buckets,
+        }
+    )
     return masks, index
 
 

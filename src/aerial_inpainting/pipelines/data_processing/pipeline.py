@@ -5,16 +5,19 @@ from kedro.pipeline import Pipeline, node
 from aerial_inpainting.pipelines.data_processing.nodes import (
     generate_test_masks,
     generate_train_masks,
+    generate_val_masks,
     ingest_images,
     plot_mask_examples,
     split_train_test,
+    split_train_validation,
 )
 
 TAG = "data_processing"
 
 
 def create_pipeline(**kwargs) -> Pipeline:
-    """ingest -> split -> test masks (+ figure); the training-mask pool is independent."""
+    """ingest -> split (train+val / test, then train / val) -> fixed test and validation masks
+    (+ figure); the training-mask pool is independent."""
     return Pipeline(
         [
             node(
@@ -27,9 +30,23 @@ def create_pipeline(**kwargs) -> Pipeline:
             node(
                 split_train_test,
                 inputs=["image_index", "params:data_processing"],
-                outputs=["train_split", "test_split"],
+                outputs=["train_val_split", "test_split"],
                 name="split_train_test",
                 tags=[TAG, "split"],
+            ),
+            node(
+                split_train_validation,
+                inputs=["train_val_split", "params:data_processing"],
+                outputs=["train_split", "val_split"],
+                name="split_train_validation",
+                tags=[TAG, "split"],
+            ),
+            node(
+                generate_val_masks,
+                inputs=["val_split", "params:data_processing"],
+                outputs=["val_masks", "val_mask_index"],
+                name="generate_val_masks",
+                tags=[TAG, "masks"],
             ),
             node(
                 generate_test_masks,
