@@ -15,4 +15,7 @@ CONFIG_LOADER_ARGS = {
         "parameters": ["parameters*", "parameters*/**", "**/parameters*"],
         "mlflow": ["mlflow*", "mlflow*/**"],
     },
+    # An environment (conf/gpu, conf/cpu_real) lists only the parameters it changes: nested
+    # keys are merged into conf/base's rather than replacing whole top-level blocks.
+    "merge_strategy": {"parameters": "soft"},
 }

@@ -135,8 +135,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         catalog = context.catalog
         node = create_pipeline().nodes[0]
-        inputs = {name: catalog.load(name) for name in node.inputs if name != "params:training"}
-        data = build_training_data(**inputs, cfg=cfg)
+        inputs = {
+            name: catalog.load(name) for name in node.inputs if not name.startswith("params:")
+        }
+        shapes = context.params["data_processing"]["masks"]["shapes"]
+        data = build_training_data(**inputs, cfg=cfg, mask_shapes=shapes)
         if ctx.is_main and not args.no_mlflow:
             run = start_mlflow_run(context, cfg)
         result = train(cfg, data, [MlflowCallback()] if run is not None else [], dist_ctx=ctx)

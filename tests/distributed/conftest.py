@@ -101,10 +101,10 @@ def tiny_catalog_inputs() -> dict[str, Any]:
     return {
         "images": images,
         "train_split": frame.iloc[:8].reset_index(drop=True),
-        "test_split": frame.iloc[8:].reset_index(drop=True),
+        "val_split": frame.iloc[8:].reset_index(drop=True),
         "train_masks": {f"m_{i}": m for i, m in enumerate(tiny_masks(4, 16, seed=1))},
-        "test_masks": test_masks,
-        "test_mask_index": pd.DataFrame(
+        "val_masks": test_masks,
+        "val_mask_index": pd.DataFrame(
             {
                 "mask_id": list(test_masks),
                 "image_id": ids[8:],

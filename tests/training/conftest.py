@@ -98,8 +98,8 @@ def tiny_inputs() -> dict[str, Any]:
     return {
         "images": images,
         "train_split": frame.iloc[:8].reset_index(drop=True),
-        "test_split": frame.iloc[8:].reset_index(drop=True),
+        "val_split": frame.iloc[8:].reset_index(drop=True),
         "train_masks": box_masks(6, 32, seed=1),
-        "test_masks": test_masks,
-        "test_mask_index": test_mask_index,
+        "val_masks": test_masks,
+        "val_mask_index": test_mask_index,
     }

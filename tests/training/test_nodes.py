@@ -117,5 +117,5 @@ def test_validation_set_is_spread_over_hole_ratios():
     )
     rows, masks = pick_validation_set(split, index, 3)
     assert masks == ["mb", "mc", "ma"] and rows == [11, 12, 10]  # lowest, middle, highest ratio
-    with pytest.raises(ValueError, match="test_split: missing column"):
+    with pytest.raises(ValueError, match="val_split: missing column"):
         pick_validation_set(split.drop(columns="row"), index, 2)

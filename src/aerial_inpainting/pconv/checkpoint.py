@@ -99,7 +99,8 @@ def load_model(
 ) -> torch.nn.Module:
     """Rebuild the :class:`PConvUNet` saved by :func:`save_model` (in eval mode).
 
-    Also accepts a training checkpoint, so a model can be pulled out of an interrupted run.
+    Also accepts a training checkpoint, so a model can be pulled out of an interrupted run
+    (its EMA weights when the run keeps an average, ``training.ema_decay``).
     """
     from aerial_inpainting.pconv.unet import PConvUNet, UNetConfig
 
@@ -110,6 +111,11 @@ def load_model(
         config, state_dict = payload["config"], payload["state_dict"]
     elif fmt == CHECKPOINT_FORMAT:
         config, state_dict = payload["model_config"], payload["model"]
+        if payload.get("ema"):  # the run's result is the moving average of its weights
+            prefix = "module."
+            state_dict = {
+                k[len(prefix) :]: v for k, v in payload["ema"].items() if k.startswith(prefix)
+            }
     else:
         raise ValueError(
             f"{path}: not an aerial-inpainting model file (format {fmt!r}, expected {MODEL_FORMAT!r})"

@@ -9,7 +9,7 @@ stream at ``k = step * batch_size``, whatever the number of DataLoader workers.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,12 +24,29 @@ _MASK_CROP_TRIES = 6
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Which random augmentations to apply (all seeded)."""
+    """Which random augmentations to apply (all seeded).
+
+    ``dihedral``: image and mask together get one of the eight flips and quarter turns (the
+    dihedral group D4; aerial views have no "up"); it supersedes ``hflip``/``vflip``.
+    ``mask_flip``/``mask_rot90`` apply to masks drawn from a fixed pool only.
+    """
 
     hflip: bool = True
     vflip: bool = True
     mask_flip: bool = True
     mask_rot90: bool = True
+    dihedral: bool = False
+
+
+# A mask generator: (rng, height, width) -> uint8 (height, width) mask, 1 = valid.
+MaskGenerator = Callable[[np.random.Generator, int, int], np.ndarray]
+
+
+def dihedral_transform(array: np.ndarray, k: int) -> np.ndarray:
+    """Element ``k`` (0..7) of D4 on the two leading axes: ``k % 4`` quarter turns, then a
+    left-right flip when ``k >= 4``. ``k = 0`` is the identity."""
+    out = np.rot90(array, k % 4, axes=(0, 1))
+    return out[:, ::-1] if k >= 4 else out
 
 
 def to_image_tensor(images: np.ndarray) -> torch.Tensor:
@@ -45,7 +62,11 @@ def to_mask_tensor(masks: np.ndarray) -> torch.Tensor:
 
 
 class InpaintingTrainDataset(Dataset):
-    """Random crops of the training images paired with random masks from the pool.
+    """Random crops of the training images paired with random masks.
+
+    Masks come from ``mask_generator`` when given: drawn on the fly at the full image size
+    and cropped with the image (the same window), so a crop sees holes at the scale of the
+    photograph; otherwise from the fixed pool ``masks`` (flipped, turned, cropped).
 
     Items are addressed by ``(k, i)``: ``k`` is the run-wide sample number that seeds the
     augmentation, ``i`` the position in ``rows``. A plain int ``i`` means ``(i, i)``.
@@ -59,6 +80,7 @@ class InpaintingTrainDataset(Dataset):
         size: int,
         seed: int,
         augment: AugmentConfig | None = None,
+        mask_generator: MaskGenerator | None = None,
     ) -> None:
         if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
             raise ValueError(
@@ -66,7 +88,7 @@ class InpaintingTrainDataset(Dataset):
             )
         if len(rows) == 0:
             raise ValueError("train split is empty: no images to train on")
-        if len(masks) == 0:
+        if len(masks) == 0 and mask_generator is None:
             raise ValueError("train mask pool is empty: no masks to train with")
         bad_rows = [r for r in rows if not 0 <= int(r) < len(images)]
         if bad_rows:
@@ -85,6 +107,7 @@ class InpaintingTrainDataset(Dataset):
         self.size = int(size)
         self.seed = int(seed)
         self.augment = augment or AugmentConfig()
+        self.mask_generator = mask_generator
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -92,13 +115,37 @@ class InpaintingTrainDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         k, i = (key, key) if isinstance(key, int) else key
         rng = np.random.default_rng([self.seed, int(k)])
-        image = self._crop(self.images[self.rows[i]], rng)
-        if self.augment.hflip and rng.random() < 0.5:
-            image = image[:, ::-1]
-        if self.augment.vflip and rng.random() < 0.5:
-            image = image[::-1]
-        mask = self._random_mask(rng)
+        if self.mask_generator is not None:
+            image, mask = self._generated_pair(self.images[self.rows[i]], rng)
+        else:
+            image = self._crop(self.images[self.rows[i]], rng)
+            if not self.augment.dihedral:
+                if self.augment.hflip and rng.random() < 0.5:
+                    image = image[:, ::-1]
+                if self.augment.vflip and rng.random() < 0.5:
+                    image = image[::-1]
+            mask = self._random_mask(rng)
+        if self.augment.dihedral:
+            transform = int(rng.integers(8))
+            image = dihedral_transform(image, transform)
+            mask = dihedral_transform(mask, transform)
         return to_image_tensor(image), to_mask_tensor(mask)
+
+    def _generated_pair(
+        self, array: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """A crop of the image and the same window of a full-size mask drawn for it."""
+        height, width = array.shape[:2]
+        top = int(rng.integers(0, height - self.size + 1))
+        left = int(rng.integers(0, width - self.size + 1))
+        window = (slice(top, top + self.size), slice(left, left + self.size))
+        crop = np.asarray(array[window])
+        mask = np.ones((self.size, self.size), np.float32)
+        for _ in range(_MASK_CROP_TRIES):
+            mask = np.asarray(self.mask_generator(rng, height, width)[window], np.float32)
+            if _HOLE_RATIO_RANGE[0] <= 1.0 - float(mask.mean()) <= _HOLE_RATIO_RANGE[1]:
+                break
+        return crop, mask
 
     def _crop(self, array: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         height, width = array.shape[:2]

@@ -45,15 +45,14 @@ from aerial_inpainting.pconv.checkpoint import (
     load_checkpoint,
     restore_rng_state,
     save_checkpoint,
+    save_model,
 )
 from aerial_inpainting.pconv.data import AugmentConfig, InpaintingTrainDataset, make_train_loader
-from aerial_inpainting.pconv.loss import InpaintingLoss, LossWeights
+from aerial_inpainting.pconv.loss import LOSS_KEYS, InpaintingLoss, LossWeights
 from aerial_inpainting.pconv.unet import PConvUNet, UNetConfig
 from aerial_inpainting.pconv.vgg import build_vgg16_features
 
 logger = logging.getLogger(__name__)
-
-LOSS_KEYS = ("total", "valid", "hole", "perceptual", "style_out", "style_comp", "tv")
 
 
 # ------------------------------------------------------------------ configuration
@@ -72,6 +71,13 @@ class TrainConfig:
     steps_stage2: int = 150
     lr_stage1: float = 2e-4
     lr_stage2: float = 5e-5
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
+    ema_decay: float | None = None
+    max_minutes: float | None = None
+    snapshot_minutes: list[float] = field(default_factory=list)
+    snapshot_dir: str | None = None
+    mask_source: str = "pool"
     loss_weights: dict[str, float] = field(default_factory=dict)
     vgg_weights: str | None = "imagenet"
     vgg_offline_fallback: str = "random"
@@ -130,6 +136,26 @@ class TrainConfig:
             raise ValueError(
                 f"training.sync_batchnorm must be true or false, got {self.sync_batchnorm!r}"
             )
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(
+                f"training.lr_schedule must be one of {list(LR_SCHEDULES)}, got {self.lr_schedule!r}"
+            )
+        if int(self.warmup_steps) < 0:
+            raise ValueError(f"training.warmup_steps must be >= 0, got {self.warmup_steps!r}")
+        if self.ema_decay is not None and not 0.0 < float(self.ema_decay) < 1.0:
+            raise ValueError(
+                f"training.ema_decay must be in (0, 1) or null, got {self.ema_decay!r}"
+            )
+        if self.max_minutes is not None and not float(self.max_minutes) > 0:
+            raise ValueError(f"training.max_minutes must be > 0 or null, got {self.max_minutes!r}")
+        if any(float(m) <= 0 for m in self.snapshot_minutes or []):
+            raise ValueError(
+                f"training.snapshot_minutes must be > 0, got {self.snapshot_minutes!r}"
+            )
+        if self.mask_source not in ("pool", "generated"):
+            raise ValueError(
+                f"training.mask_source must be pool or generated, got {self.mask_source!r}"
+            )
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ValueError(
                 f"training.precision must be auto|fp32|bf16|fp16, got {self.precision!r}"
@@ -175,6 +201,17 @@ class TrainConfig:
             "steps_stage1": self.steps_stage1,
             "lr_stage1": self.lr_stage1,
             "lr_stage2": self.lr_stage2,
+            **(
+                {
+                    "lr_schedule": self.lr_schedule,
+                    "warmup_steps": self.warmup_steps,
+                    "max_minutes": self.max_minutes,
+                }
+                if self.lr_schedule != "constant"
+                else {}
+            ),
+            **({"ema_decay": self.ema_decay} if self.ema_decay else {}),
+            **({"mask_source": self.mask_source} if self.mask_source != "pool" else {}),
             "loss_weights": LossWeights.from_dict(self.loss_weights).to_dict(),
             "vgg_weights": self.vgg_weights,
             "vgg_offline_fallback": self.vgg_offline_fallback,
@@ -345,6 +382,54 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+# ------------------------------------------------------------------ schedule & EMA
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def run_progress(step: int, total_steps: int, elapsed_s: float, max_minutes: float | None) -> float:
+    """How much of the run is done, in [0, 1]: steps done, or the wall-time budget used when
+    ``max_minutes`` is set and that is further along. The run ends at 1."""
+    progress = step / max(total_steps, 1)
+    if max_minutes:
+        progress = max(progress, elapsed_s / (60.0 * float(max_minutes)))
+    return min(progress, 1.0)
+
+
+def learning_rate(cfg: TrainConfig, step: int, progress: float, stage: int) -> float:
+    """The learning rate of the next step.
+
+    ``constant``: the paper's ``lr_stage1`` then ``lr_stage2``. ``cosine``: a linear warm-up
+    over ``warmup_steps`` to ``lr_stage1``, then half a cosine from ``lr_stage1`` to 0 over the
+    run's progress (Loshchilov & Hutter, "SGDR", ICLR 2017), capped at ``lr_stage2`` in stage 2.
+    """
+    if cfg.lr_schedule == "constant":
+        return float(cfg.lr_stage1 if stage == 1 else cfg.lr_stage2)
+    warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+    lr = float(cfg.lr_stage1) * warm * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return min(lr, float(cfg.lr_stage2)) if stage == 2 else lr
+
+
+def make_ema(model: torch.nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
+    """An exponential moving average of the weights and BatchNorm statistics (PyTorch's
+    ``AveragedModel``): after update ``n`` (counted from 0),
+    ``ema = d_n * ema + (1 - d_n) * weights`` with ``d_n = min(decay, (1 + n) / (10 + n))``,
+    the warm-up of TensorFlow's ``ExponentialMovingAverage(num_updates=...)``, so that a short
+    run's average is not dominated by its first, untrained weights."""
+    cap = float(decay)
+
+    def ema_update(averaged: list, current: list, num_averaged: torch.Tensor) -> None:
+        n = float(num_averaged)
+        d = min(cap, (1.0 + n) / (10.0 + n))
+        pairs = [(a, c) for a, c in zip(averaged, current, strict=True) if a.is_floating_point()]
+        if pairs:
+            torch._foreach_lerp_([a for a, _ in pairs], [c for _, c in pairs], 1.0 - d)
+        for a, c in zip(averaged, current, strict=True):
+            if not a.is_floating_point():  # BatchNorm's num_batches_tracked: the latest count
+                a.copy_(c)
+
+    return torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=ema_update, use_buffers=True)
+
+
 # ------------------------------------------------------------------ the loop
 def make_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
     return torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
@@ -438,7 +523,14 @@ def train(
         rng_ranks = state.get("rng_ranks")  # per-rank states of a data-parallel run
         own = rng_ranks is not None and len(rng_ranks) == world_size
         restore_rng_state(rng_ranks[rank] if own else state["rng"])
+    ema = make_ema(model, cfg.ema_decay) if cfg.ema_decay else None
+    elapsed_before = 0.0  # wall time of the run before this process resumed it
+    if state is not None:
+        if ema is not None and state.get("ema") is not None:
+            ema.load_state_dict(state["ema"])
+        elapsed_before = float(state.get("elapsed_s", 0.0))
         state = None
+    snapshots = SnapshotWriter(cfg, fingerprint, elapsed_before) if is_main else None
     net = ddp.wrap_ddp(model, ctx)  # what runs forward/backward; `model` is what is saved
 
     info = {
@@ -454,6 +546,9 @@ def train(
         "world_size": world_size,
         "backend": ctx.backend,
         "sync_batchnorm": sync_batchnorm,
+        "ema_decay": cfg.ema_decay,
+        "lr_schedule": cfg.lr_schedule,
+        "max_minutes": cfg.max_minutes,
     }
     logger.info(
         "Training on %s (%s%s), %d parameters, %d+%d steps, batch %d at %dpx; checkpoints in %s",
@@ -491,9 +586,12 @@ def train(
     )  # fmt: skip
     # Without a visible bar (logs, CI), an INFO line about every 5% of the run instead.
     progress_every = max(1, round(total / 20 / cfg.log_every)) * cfg.log_every
-    t_window = time.perf_counter()
+    t_window = t_start = time.perf_counter()
+    elapsed, progress = elapsed_before, run_progress(step, total, elapsed_before, cfg.max_minutes)
     for images, masks in loader:
-        if stage == 1 and step >= cfg.steps_stage1:
+        if progress >= 1.0:  # the wall-time budget ran out (a resumed run that was done)
+            break
+        if stage == 1 and (step >= cfg.steps_stage1 or progress >= cfg.steps_stage1 / total):
             stage = 2
             model.freeze_encoder_batchnorm()
             optimizer = make_optimizer(model, cfg.lr_stage2)
@@ -506,6 +604,8 @@ def train(
                 step,
                 cfg.lr_stage2,
             )
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(cfg, step, progress, stage)
         images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
         masks = masks.to(device, non_blocking=True).contiguous(memory_format=memory_format)
         with torch.autocast(
@@ -517,19 +617,26 @@ def train(
         scaler.scale(losses["total"]).backward()
         scaler.step(optimizer)
         scaler.update()
+        if ema is not None:
+            ema.update_parameters(model)
         step += 1
+        elapsed = elapsed_before + time.perf_counter() - t_start
+        if ctx.is_distributed and cfg.max_minutes:  # every rank must stop at the same step
+            elapsed = ddp.all_reduce_mean({"elapsed": elapsed}, ctx)["elapsed"]
+        progress = run_progress(step, total, elapsed, cfg.max_minutes)
+        done = progress >= 1.0
         # The global batch's losses (mean over ranks), so that every rank's history and
         # window, and a checkpoint's, are the same.
         window.add(_loss_values(losses, ctx), images.shape[0])
         bar.update(1)
 
-        if step % cfg.log_every == 0 or step == total:
-            elapsed = time.perf_counter() - t_window
+        if step % cfg.log_every == 0 or done:
+            window_s = time.perf_counter() - t_window
             metrics = window.means()
             metrics.update(
                 stage=stage,
                 lr=optimizer.param_groups[0]["lr"],
-                images_per_s=window.images / max(elapsed, 1e-9) * world_size,
+                images_per_s=window.images / max(window_s, 1e-9) * world_size,
             )
             history.append({"step": step, **metrics})
             bar.set_postfix(
@@ -539,7 +646,7 @@ def train(
             if is_main:
                 for cb in callbacks:
                     cb.on_log(step, metrics)
-                if bar.disable and (step % progress_every == 0 or step == total):
+                if bar.disable and (step % progress_every == 0 or done):
                     logger.info(
                         "step %d/%d (stage %d): loss %.4f (hole %.4f, valid %.4f), %.1f images/s",
                         step, total, stage, metrics["loss_total"], metrics["loss_hole"],
@@ -551,11 +658,12 @@ def train(
             is_main
             and val_images is not None
             and cfg.val_every
-            and (step % cfg.val_every == 0 or step == total)
+            and (step % cfg.val_every == 0 or done)
         ):
             # Rank 0 alone, on the unwrapped model in eval mode (no collectives): the other
             # ranks wait for it in the next step's gradient all-reduce.
-            val_metrics, grid = _validate(model, val_images, val_masks, autocast_dtype, device)
+            evaluated = ema.module if ema is not None else model
+            val_metrics, grid = _validate(evaluated, val_images, val_masks, autocast_dtype, device)
             model.train()
             if stage == 2:
                 model.freeze_encoder_batchnorm()
@@ -569,7 +677,9 @@ def train(
             for cb in callbacks:
                 cb.on_validation(step, val_metrics, grid_path)
 
-        if ckpt_dir is not None and (step % cfg.checkpoint_every == 0 or step == total):
+        if snapshots is not None:
+            snapshots.maybe_save(ema.module if ema is not None else model, step, elapsed, done)
+        if ckpt_dir is not None and (step % cfg.checkpoint_every == 0 or done):
             # Every rank's RNG state (a collective: all ranks get here at the same step).
             rng = capture_rng_state()
             rng_ranks = ddp.all_gather_object(rng, ctx) if ctx.is_distributed else None
@@ -589,15 +699,19 @@ def train(
                         **({"rng_ranks": rng_ranks} if rng_ranks is not None else {}),
                         "history": history,
                         "window": dataclasses.asdict(window),
+                        "ema": ema.state_dict() if ema is not None else None,
+                        "elapsed_s": elapsed,
                     },
                     keep=cfg.keep_checkpoints,
                 )
                 for cb in callbacks:
                     cb.on_checkpoint(step, path)
-        if stop_at_step is not None and step >= stop_at_step:
+        if done or (stop_at_step is not None and step >= stop_at_step):
             break
     bar.close()
     del net
+    if ema is not None:
+        model = ema.module
     if resumed_from is not None and resumed_from >= total:
         logger.info(
             "Checkpoint at step %d already covers the %d requested steps", resumed_from, total
@@ -605,7 +719,9 @@ def train(
 
     model.eval()
     result = TrainResult(
-        model=model, history=history_frame(history), info={**info, "final_step": step}
+        model=model,
+        history=history_frame(history),
+        info={**info, "final_step": step, "elapsed_minutes": round(elapsed / 60.0, 3)},
     )
     if is_main:
         for cb in callbacks:
@@ -636,6 +752,34 @@ class _Window:
 
     def means(self) -> dict[str, float]:
         return {f"loss_{k}": v / max(self.steps, 1) for k, v in self.sums.items()}
+
+
+class SnapshotWriter:
+    """Saves the model (its EMA when there is one) when the run's wall time passes each of
+    ``cfg.snapshot_minutes``, and once at the end, as ``minute_<MMM.MM>_step_<N>.pt`` files in
+    ``<snapshot_dir>/<fingerprint>/`` (rebuilt by :func:`~aerial_inpainting.pconv.checkpoint.load_model`;
+    their ``extra`` holds ``minutes`` and ``step``): the points of a quality-against-time curve."""
+
+    def __init__(self, cfg: TrainConfig, fingerprint: str, elapsed_before: float) -> None:
+        self.directory = (
+            Path(cfg.snapshot_dir) / fingerprint
+            if cfg.snapshot_dir and cfg.snapshot_minutes
+            else None
+        )
+        self.pending = sorted(
+            float(m) for m in cfg.snapshot_minutes or [] if m * 60 > elapsed_before
+        )
+
+    def maybe_save(self, model: PConvUNet, step: int, elapsed_s: float, done: bool) -> None:
+        if self.directory is None:
+            return
+        minutes = elapsed_s / 60.0
+        due = [m for m in self.pending if minutes >= m]
+        self.pending = [m for m in self.pending if minutes < m]
+        if due or done:
+            name = f"minute_{minutes:06.2f}_step_{step:09d}.pt"
+            save_model(self.directory / name, model, extra={"minutes": minutes, "step": step})
+            logger.info("Snapshot at %.1f min (step %d): %s", minutes, step, self.directory / name)
 
 
 def _merge_history(history: list[dict[str, Any]], step: int, metrics: Mapping[str, float]) -> None:

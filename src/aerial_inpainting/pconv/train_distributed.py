@@ -79,6 +79,7 @@ def save_bundle(directory: str | os.PathLike, data: TrainingData) -> Path:
         "images_path": str(Path(images_path).resolve()),
         "rows": list(train_set.rows),
         "masks": list(train_set.masks),
+        "mask_generator": train_set.mask_generator,  # a picklable functools.partial or None
         "size": train_set.size,
         "seed": train_set.seed,
         "augment": asdict(train_set.augment),
@@ -98,7 +99,7 @@ def load_bundle(directory: str | os.PathLike) -> TrainingData:
     images = np.load(payload["images_path"], mmap_mode="r")
     train_set = InpaintingTrainDataset(
         images, payload["rows"], payload["masks"], size=payload["size"], seed=payload["seed"],
-        augment=AugmentConfig(**payload["augment"]),
+        augment=AugmentConfig(**payload["augment"]), mask_generator=payload["mask_generator"],
     )  # fmt: skip
     return TrainingData(
         train_set, payload["val_images"], payload["val_masks"], payload["description"]

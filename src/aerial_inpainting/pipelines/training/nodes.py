@@ -10,9 +10,11 @@ run open, and logs the final model file with its config to that run. With
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import tempfile
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ import matplotlib.figure
 import numpy as np
 import pandas as pd
 
+from aerial_inpainting.imaging.masks import MaskShapeConfig, random_mask
 from aerial_inpainting.pconv.checkpoint import save_model
 from aerial_inpainting.pconv.data import AugmentConfig, InpaintingTrainDataset, validation_batch
 from aerial_inpainting.pconv.train import (
@@ -41,21 +44,22 @@ MODEL_FILES_ARTIFACT = "model_files"
 
 
 def pick_validation_set(
-    test_split: pd.DataFrame, test_mask_index: pd.DataFrame, n: int
+    val_split: pd.DataFrame, val_mask_index: pd.DataFrame, n: int
 ) -> tuple[list[int], list[str]]:
-    """``n`` test images with their fixed masks, evenly spread over the hole ratios (deterministic)."""
+    """``n`` validation images with their fixed masks, evenly spread over the hole ratios
+    (deterministic)."""
     for name, frame, cols in (
-        ("test_split", test_split, {"image_id", "row"}),
-        ("test_mask_index", test_mask_index, {"mask_id", "image_id", "hole_ratio"}),
+        ("val_split", val_split, {"image_id", "row"}),
+        ("val_mask_index", val_mask_index, {"mask_id", "image_id", "hole_ratio"}),
     ):
         missing = cols - set(frame.columns)
         if missing:
             raise ValueError(f"{name}: missing column(s) {sorted(missing)}")
-    if n <= 0 or test_mask_index.empty:
+    if n <= 0 or val_mask_index.empty:
         return [], []
-    joined = test_mask_index.merge(test_split[["image_id", "row"]], on="image_id", how="inner")
+    joined = val_mask_index.merge(val_split[["image_id", "row"]], on="image_id", how="inner")
     if joined.empty:
-        raise ValueError("test_mask_index: none of its image_id values are in test_split")
+        raise ValueError("val_mask_index: none of its image_id values are in val_split")
     joined = joined.sort_values(["hole_ratio", "mask_id"], kind="stable").reset_index(drop=True)
     picks = np.unique(np.linspace(0, len(joined) - 1, num=min(n, len(joined))).round().astype(int))
     chosen = joined.iloc[picks]
@@ -73,38 +77,53 @@ def _describe_data(images: np.ndarray, rows: list[int], mask_ids: list[str]) -> 
 def build_training_data(
     images: np.ndarray,
     train_split: pd.DataFrame,
-    test_split: pd.DataFrame,
+    val_split: pd.DataFrame,
     train_masks: Mapping[str, np.ndarray],
-    test_masks: Mapping[str, np.ndarray],
-    test_mask_index: pd.DataFrame,
+    val_masks: Mapping[str, np.ndarray],
+    val_mask_index: pd.DataFrame,
     cfg: TrainConfig,
+    mask_shapes: Mapping[str, Any] | None = None,
 ) -> TrainingData:
-    """The loop's inputs from the catalog's: training stream + fixed validation batch."""
+    """The loop's inputs from the catalog's: training stream + fixed validation batch.
+
+    With ``cfg.mask_source == "generated"`` the training masks are drawn on the fly by
+    :func:`aerial_inpainting.imaging.masks.random_mask` with ``mask_shapes`` (the test masks'
+    shape parameters) and the pool ``train_masks`` is not used.
+    """
     if "row" not in train_split.columns:
         raise ValueError("train_split: missing column 'row' (position of each image in `images`)")
     rows = train_split["row"].astype(int).tolist()
-    mask_ids = sorted(train_masks)
+    generator = None
+    if cfg.mask_source == "generated":
+        generator = partial(random_mask, config=MaskShapeConfig.from_params(mask_shapes))
+        mask_ids = [f"generated:{json.dumps(dict(mask_shapes or {}), sort_keys=True)}"]
+    else:
+        mask_ids = sorted(train_masks)
     dataset = InpaintingTrainDataset(
-        images, rows, [train_masks[k] for k in mask_ids], size=cfg.train_size,
-        seed=cfg.seed, augment=AugmentConfig(**cfg.augment),
+        images, rows, [train_masks[k] for k in mask_ids] if generator is None else [],
+        size=cfg.train_size, seed=cfg.seed, augment=AugmentConfig(**cfg.augment),
+        mask_generator=generator,
     )  # fmt: skip
-    val_rows, val_mask_ids = pick_validation_set(test_split, test_mask_index, cfg.val_images)
-    val_images = val_masks = None
+    val_rows, val_mask_ids = pick_validation_set(val_split, val_mask_index, cfg.val_images)
+    val_image_batch = val_mask_batch = None
     if val_rows:
-        val_images, val_masks = validation_batch(
-            images, val_rows, test_masks, val_mask_ids, multiple=2 ** cfg.unet_config().depth
+        val_image_batch, val_mask_batch = validation_batch(
+            images, val_rows, val_masks, val_mask_ids, multiple=2 ** cfg.unet_config().depth
         )
-    return TrainingData(dataset, val_images, val_masks, _describe_data(images, rows, mask_ids))
+    return TrainingData(
+        dataset, val_image_batch, val_mask_batch, _describe_data(images, rows, mask_ids)
+    )
 
 
 def train_model(
     images: np.ndarray,
     train_split: pd.DataFrame,
-    test_split: pd.DataFrame,
+    val_split: pd.DataFrame,
     train_masks: Mapping[str, np.ndarray],
-    test_masks: Mapping[str, np.ndarray],
-    test_mask_index: pd.DataFrame,
+    val_masks: Mapping[str, np.ndarray],
+    val_mask_index: pd.DataFrame,
     params: Mapping[str, Any],
+    mask_shapes: Mapping[str, Any] | None = None,
 ) -> tuple[PConvUNet, pd.DataFrame, matplotlib.figure.Figure]:
     """Train the partial-conv U-Net (resuming from the latest checkpoint when allowed).
 
@@ -113,8 +132,9 @@ def train_model(
     """
     cfg = TrainConfig.from_params(params)
     data = build_training_data(
-        images, train_split, test_split, train_masks, test_masks, test_mask_index, cfg=cfg
-    )
+        images, train_split, val_split, train_masks, val_masks, val_mask_index, cfg=cfg,
+        mask_shapes=mask_shapes,
+    )  # fmt: skip
     mlflow = _active_mlflow()
     if cfg.devices > 1:
         target = None
