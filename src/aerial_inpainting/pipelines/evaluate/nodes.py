@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from aerial_inpainting.evaluation import baselines as bl
 from aerial_inpainting.evaluation import report
 from aerial_inpainting.evaluation.scoring import Chunk, resolve_workers, score_chunks
+from aerial_inpainting.pconv.tta import dihedral_mean
 
 logger = logging.getLogger(__name__)
 
@@ -130,8 +131,12 @@ def predict_images(
     autocast: bool = True,
     progress: bool | None = None,
     channels_last: bool = True,
+    tta: bool = False,
 ) -> np.ndarray:
     """Raw model outputs, clamped to [0, 1] and rounded to uint8 (N, H, W, 3).
+
+    ``tta``: the mean output over the eight flips and quarter turns
+    (:func:`aerial_inpainting.pconv.tta.dihedral_mean`, eight times the compute).
 
     ``images`` uint8 (N, H, W, 3) (a memory map is read batch by batch), ``masks`` (N, H, W)
     with True = valid. Hole pixels of the input are zeroed before the model sees them.
@@ -160,7 +165,7 @@ def predict_images(
             m = torch.from_numpy(masks[start:stop]).to(device).float()[:, None]
             x = (x * m).contiguous(memory_format=memory_format)
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                out = model(x, m)
+                out = dihedral_mean(model, x, m) if tta else model(x, m)
             out = out.float().clamp_(0.0, 1.0).mul_(255.0).round_().to(torch.uint8)
             outputs[start:stop] = out.permute(0, 2, 3, 1).cpu().numpy()
     return outputs
@@ -186,6 +191,7 @@ def predict_test_images(
         autocast=bool(params.get("autocast", True)),
         progress=_progress(params),
         channels_last=bool(params.get("channels_last", True)),
+        tta=bool(params["tta"]),
     )
 
 
