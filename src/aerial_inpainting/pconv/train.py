@@ -585,7 +585,9 @@ def train(
         disable=(not is_main) or (None if cfg.progress_bar is None else not cfg.progress_bar),
     )  # fmt: skip
     # Without a visible bar (logs, CI), an INFO line about every 5% of the run instead.
+    # (by steps, or by the wall-time budget's progress when max_minutes ends the run first).
     progress_every = max(1, round(total / 20 / cfg.log_every)) * cfg.log_every
+    next_report = 0.05
     t_window = t_start = time.perf_counter()
     elapsed, progress = elapsed_before, run_progress(step, total, elapsed_before, cfg.max_minutes)
     for images, masks in loader:
@@ -646,10 +648,12 @@ def train(
             if is_main:
                 for cb in callbacks:
                     cb.on_log(step, metrics)
-                if bar.disable and (step % progress_every == 0 or done):
+                if bar.disable and (step % progress_every == 0 or progress >= next_report or done):
+                    next_report = math.floor(progress * 20 + 1) / 20
                     logger.info(
-                        "step %d/%d (stage %d): loss %.4f (hole %.4f, valid %.4f), %.1f images/s",
-                        step, total, stage, metrics["loss_total"], metrics["loss_hole"],
+                        "step %d/%d, %.0f%% of the run (stage %d): loss %.4f (hole %.4f, "
+                        "valid %.4f), %.1f images/s",
+                        step, total, 100 * progress, stage, metrics["loss_total"], metrics["loss_hole"],
                         metrics["loss_valid"], metrics["images_per_s"],
                     )  # fmt: skip
             window, t_window = _Window(), time.perf_counter()
