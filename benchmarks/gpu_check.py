@@ -222,11 +222,20 @@ def environment(device: str) -> dict[str, Any]:
             [smi, query, "--format=csv,noheader"], capture_output=True, text=True, timeout=30
         )
         info["nvidia_smi"] = proc.stdout.strip() or _tail(proc.stderr, 500)
-    proc = subprocess.run(
-        ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True
-    )
-    info["git_commit"] = proc.stdout.strip() or None
+    try:
+        proc = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True
+        )
+        info["git_commit"] = proc.stdout.strip() or None
+    except OSError:
+        info["git_commit"] = None
     return info
+
+
+def default_images_dir() -> Path:
+    """``../shared/data/skyview-dev`` beside the checkout, else ``shared/...`` inside it."""
+    candidates = [ROOT.parent / "shared/data/skyview-dev", ROOT / "shared/data/skyview-dev"]
+    return next((p for p in candidates if p.is_dir()), candidates[0])
 
 
 # ================================================================== 1. tests
@@ -819,8 +828,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-s", type=float, default=None,
                         help="total wall time; sections that would not fit are skipped "
                              "(default 480, 8 minutes; 600 with --cpu-dry-run)")  # fmt: skip
-    parser.add_argument("--images-dir", default=str(ROOT.parent / "shared/data/skyview-dev"),
-                        help="real images, Aerial_Landscapes/<Class>/*.jpg (section 4)")  # fmt: skip
+    parser.add_argument("--images-dir", default=str(default_images_dir()),
+                        help="real images, Aerial_Landscapes/<Class>/*.jpg (section 4; default "
+                             "../shared/data/skyview-dev, else shared/data/skyview-dev)")  # fmt: skip
     parser.add_argument("--images-per-class", type=int, default=None,
                         help="images copied per class (default 40; 4 with --cpu-dry-run)")  # fmt: skip
     parser.add_argument("--sections", default=",".join(SECTIONS),
