@@ -160,11 +160,11 @@ DRY = Sizes(
         "evaluate.workers": 1,
         "evaluate.biharmonic_sample": 2,
     },
-    limits={
-        "tests": (5, 240),
-        "kedro": (5, 300),
-        "training_step": (5, 240),
-        "inference": (5, 240),
+    limits={  # generous: a shared, loaded CPU can be ten times slower than a quiet one
+        "tests": (5, 900),
+        "kedro": (5, 1200),
+        "training_step": (5, 900),
+        "inference": (5, 900),
     },
 )
 
@@ -827,7 +827,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="where gpu_check.json and gpu_check.md go (e.g. $OUT on a lent machine)")  # fmt: skip
     parser.add_argument("--budget-s", type=float, default=None,
                         help="total wall time; sections that would not fit are skipped "
-                             "(default 480, 8 minutes; 600 with --cpu-dry-run)")  # fmt: skip
+                             "(default 480, 8 minutes; 3600 with --cpu-dry-run)")  # fmt: skip
     parser.add_argument("--images-dir", default=str(default_images_dir()),
                         help="real images, Aerial_Landscapes/<Class>/*.jpg (section 4; default "
                              "../shared/data/skyview-dev, else shared/data/skyview-dev)")  # fmt: skip
@@ -849,7 +849,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown section(s) {unknown}; choose from {', '.join(SECTIONS)}")
     if args.budget_s is None:
-        args.budget_s = 600.0 if args.cpu_dry_run else 480.0
+        args.budget_s = 3600.0 if args.cpu_dry_run else 480.0
 
     report = run_check(args)
     out_dir = Path(args.out_dir)
