@@ -5,6 +5,10 @@
   is installed editable) with MLflow redirected to a SQLite file inside tmp.
 * ``run_pipeline(project_path, pipeline_name, params_overrides)`` runs one pipeline there
   through a KedroSession, like ``kedro run --pipeline=... --params=...``.
+* ``device``: the torchvision-style device parametrisation. A test that takes it runs once on
+  ``cpu`` and, when ``torch.cuda.is_available()``, once more on ``cuda``; every such test
+  carries the marker ``devices``, its CUDA instance also ``cuda`` (``pytest -m cuda`` runs
+  exactly the CUDA subset: what ``benchmarks/gpu_check.py`` does first).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
 
 from aerial_inpainting.imaging.synthetic import write_synthetic_dataset
@@ -30,6 +35,27 @@ TINY_CLASSES = ("Agriculture", "Forest", "Lake")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+def cpu_and_cuda() -> list[Any]:
+    """``cpu``, plus ``cuda`` (marked ``cuda``) when a CUDA device is present."""
+    devices: list[Any] = ["cpu"]
+    if torch.cuda.is_available():
+        devices.append(pytest.param("cuda", marks=pytest.mark.cuda))
+    return devices
+
+
+@pytest.fixture(params=cpu_and_cuda())
+def device(request: pytest.FixtureRequest) -> str:
+    """The device a device-parametrised test runs on: ``"cpu"`` or ``"cuda"``."""
+    return request.param
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that takes the ``device`` fixture with ``devices``."""
+    for item in items:
+        if "device" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.devices)
 
 
 @pytest.fixture

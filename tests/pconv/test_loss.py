@@ -1,4 +1,7 @@
-"""Each InpaintingLoss term against hand-written loops on small float64 tensors."""
+"""Each InpaintingLoss term against hand-written loops on small float64 tensors.
+
+Tests taking ``device`` run on the CPU and, when present, on CUDA.
+"""
 
 from __future__ import annotations
 
@@ -90,10 +93,10 @@ def reference_terms(out, gt, mask):
     }
 
 
-def test_every_term_matches_loop_reference():
+def test_every_term_matches_loop_reference(device):
     out, gt, mask = random_case()
     weights = LossWeights(valid=1.5, hole=6.0, perceptual=0.05, style=120.0, tv=0.1)
-    terms = InpaintingLoss(ToyFeatures(), weights)(out, gt, mask)
+    terms = InpaintingLoss(ToyFeatures(), weights)(out.to(device), gt.to(device), mask.to(device))
     ref = reference_terms(out, gt, mask)
     for key, value in ref.items():
         assert abs(float(terms[key]) - value) < TOL * max(1.0, abs(value)), key
@@ -171,14 +174,14 @@ def test_hand_l1_values():
     assert float(terms["hole"]) == pytest.approx((2 + 3) / 4)
 
 
-def test_with_random_vgg_runs_and_backprops():
+def test_with_random_vgg_runs_and_backprops(device):
     extractor, info = build_vgg16_features(weights="random")
     assert info["vgg_weights"] == "random-init"
-    out = torch.rand(2, 3, 32, 32, requires_grad=True)
-    gt = torch.rand(2, 3, 32, 32)
-    mask = torch.ones(2, 1, 32, 32)
+    out = torch.rand(2, 3, 32, 32, device=device, requires_grad=True)
+    gt = torch.rand(2, 3, 32, 32, device=device)
+    mask = torch.ones(2, 1, 32, 32, device=device)
     mask[:, :, 8:24, 8:24] = 0.0
-    terms = InpaintingLoss(extractor)(out, gt, mask)
+    terms = InpaintingLoss(extractor.to(device))(out, gt, mask)
     assert all(torch.isfinite(v) for v in terms.values())
     assert terms["perceptual"].item() > 0 and terms["style_out"].item() > 0
     terms["total"].backward()
@@ -187,14 +190,14 @@ def test_with_random_vgg_runs_and_backprops():
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_autocast_gram_in_float32(dtype):
+def test_autocast_gram_in_float32(dtype, device):
     extractor, _ = build_vgg16_features(weights="random")
-    out = torch.rand(1, 3, 32, 32, requires_grad=True)
-    gt = torch.rand(1, 3, 32, 32)
-    mask = torch.zeros(1, 1, 32, 32)
+    out = torch.rand(1, 3, 32, 32, device=device, requires_grad=True)
+    gt = torch.rand(1, 3, 32, 32, device=device)
+    mask = torch.zeros(1, 1, 32, 32, device=device)
     mask[:, :, :4] = 1.0
-    with torch.autocast(device_type="cpu", dtype=dtype):
-        terms = InpaintingLoss(extractor)(out, gt, mask)
+    with torch.autocast(device_type=device, dtype=dtype):
+        terms = InpaintingLoss(extractor.to(device))(out, gt, mask)
     assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in terms.values())
     terms["total"].backward()
     assert torch.isfinite(out.grad).all()

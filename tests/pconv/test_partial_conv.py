@@ -1,6 +1,12 @@
-"""PartialConv2d against a direct per-window evaluation of eq. (1)-(2) of Liu et al. 2018."""
+"""PartialConv2d against a direct per-window evaluation of eq. (1)-(2) of Liu et al. 2018.
+
+Tests taking ``device`` run on the CPU and, when present, on CUDA (float64 on the device,
+compared with the float64 reference computed on the CPU).
+"""
 
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 import pytest
@@ -69,11 +75,12 @@ def make_layer(c_in, c_out, k, stride, bias=True):
 
 
 @pytest.mark.parametrize(("k", "stride"), [(3, 1), (3, 2), (5, 2), (7, 2)])
-def test_matches_per_window_reference(k, stride):
+def test_matches_per_window_reference(k, stride, device):
     layer = make_layer(3, 4, k, stride)
     x = torch.randn(2, 3, 12, 12, dtype=torch.float64)
     mask = holey_mask(2, 12, 12)
-    out, new_mask = layer(x, mask)
+    out, new_mask = (t.cpu() for t in layer.to(device)(x.to(device), mask.to(device)))
+    layer.cpu()
     ref_out, ref_mask = reference_partial_conv(
         x, mask.expand(-1, 3, -1, -1), layer.weight, layer.bias, stride, k // 2
     )
@@ -221,13 +228,17 @@ def test_gradcheck_two_sources(single_thread):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_autocast_finite_outputs_and_gradients(dtype):
+def test_autocast_finite_outputs_and_gradients(dtype, device):
     layer = PartialConv2d(64, 32, 7, stride=2)  # sum(1) = 3136, above float16's exact integers
-    x = torch.rand(2, 64, 32, 32, requires_grad=True)
+    x = torch.rand(2, 64, 32, 32)
     mask = torch.zeros(2, 1, 32, 32)
     mask[:, :, :4, :4] = 1.0  # almost everything is hole
     mask[1, :, 20, 20] = 1.0  # a single valid pixel: ratio = 3136 / 64
-    with torch.autocast(device_type="cpu", dtype=dtype):
+    # float64 reference on the CPU, before the layer moves
+    ref, _ = layer.double()(x.double(), mask.double())
+    layer.float().to(device)
+    x, mask = x.to(device).requires_grad_(True), mask.to(device)
+    with torch.autocast(device_type=device, dtype=dtype):
         out, new_mask = layer(x, mask)
         loss = out.float().square().mean()
     loss.backward()
@@ -237,9 +248,8 @@ def test_autocast_finite_outputs_and_gradients(dtype):
     assert torch.all(out.float() * (1 - new_mask) == 0)
     for grad in (x.grad, layer.weight.grad, layer.bias.grad):
         assert grad is not None and torch.isfinite(grad).all()
-    # and close to the float32 result where valid
-    ref, _ = layer(x.detach(), mask)
-    torch.testing.assert_close(out.float(), ref, atol=0.05, rtol=0.05)
+    # and close to the float64 result where valid
+    torch.testing.assert_close(out.float().cpu().double(), ref, atol=0.05, rtol=0.05)
 
 
 def test_bad_source_channels_rejected():
@@ -288,10 +298,12 @@ def _decoder_inputs(seed, dtype=torch.float64, ca=4, cb=3, h=5, w=6):
     return low, low_mask, skip, skip_mask
 
 
-def test_forward_upsampled_matches_per_window_reference():
+def test_forward_upsampled_matches_per_window_reference(device):
     layer = make_layer(7, 5, 3, 1)
     low, low_mask, skip, skip_mask = _decoder_inputs(3)
-    out, new_mask = layer.forward_upsampled(low, low_mask, skip, skip_mask)
+    inputs = (t.to(device) for t in (low, low_mask, skip, skip_mask))
+    out, new_mask = (t.cpu() for t in layer.to(device).forward_upsampled(*inputs))
+    layer.cpu()
     x, dense = _upsample_concat_numpy(low, low_mask, skip, skip_mask)
     ref_out, ref_mask = reference_partial_conv(x, dense, layer.weight, layer.bias, 1, 1)
     assert (ref_mask == 0).any(), "test masks should produce windows with no valid pixel"
@@ -310,14 +322,22 @@ def test_forward_upsampled_channels_last_matches_nchw():
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
-def test_forward_upsampled_gradients_match_the_plain_layer(single_thread):
+def test_forward_upsampled_gradients_match_the_plain_layer(single_thread, device):
+    """Gradients of the sub-pixel path on ``device`` against the plain layer on the CPU (float64)."""
     layer = make_layer(7, 5, 3, 1)
     low, low_mask, skip, skip_mask = _decoder_inputs(5)
+    weights = torch.randn(2, 5, 10, 12, dtype=torch.float64)
+    dev_layer = copy.deepcopy(layer).to(device)
+    dev_low, dev_skip = (t.to(device).requires_grad_(True) for t in (low, skip))
+    out, _ = dev_layer.forward_upsampled(
+        dev_low, low_mask.to(device), dev_skip, skip_mask.to(device)
+    )
+    got = torch.autograd.grad(
+        (out * weights.to(device)).sum(), (dev_low, dev_skip, dev_layer.weight, dev_layer.bias)
+    )
+    got = [g.cpu() for g in got]
     low.requires_grad_(True)
     skip.requires_grad_(True)
-    weights = torch.randn(2, 5, 10, 12, dtype=torch.float64)
-    out, _ = layer.forward_upsampled(low, low_mask, skip, skip_mask)
-    got = torch.autograd.grad((out * weights).sum(), (low, skip, layer.weight, layer.bias))
     up, up_mask = (F.interpolate(t, scale_factor=2, mode="nearest") for t in (low, low_mask))
     plain, _ = layer(torch.cat([up, skip], 1), torch.cat([up_mask, skip_mask], 1), (4, 3))
     want = torch.autograd.grad((plain * weights).sum(), (low, skip, layer.weight, layer.bias))

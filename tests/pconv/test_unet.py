@@ -1,6 +1,11 @@
-"""PConvUNet: architecture as configured, BatchNorm really applied, fine-tune freezing, sizes."""
+"""PConvUNet: architecture as configured, BatchNorm really applied, fine-tune freezing, sizes.
+
+Tests taking ``device`` run on the CPU and, when present, on CUDA.
+"""
 
 from __future__ import annotations
+
+import copy
 
 import pytest
 import torch
@@ -111,9 +116,10 @@ def test_batchnorm_is_applied_in_forward():
             bn.weight.copy_(saved)
 
 
-def test_output_independent_of_hole_pixels():
-    model = tiny(depth=3).double().eval()
-    image, mask = torch.rand(2, 3, 16, 16, dtype=torch.float64), holey_mask(2, 16, 16).double()
+def test_output_independent_of_hole_pixels(device):
+    model = tiny(depth=3).double().eval().to(device)
+    image = torch.rand(2, 3, 16, 16, dtype=torch.float64, device=device)
+    mask = holey_mask(2, 16, 16).double().to(device)
     noisy = image + (1 - mask) * 100 * torch.randn_like(image)
     torch.testing.assert_close(model(image, mask), model(noisy, mask), atol=1e-9, rtol=1e-9)
 
@@ -155,13 +161,16 @@ def test_channels_last_matches_nchw():
     torch.testing.assert_close(out, expected, atol=1e-9, rtol=1e-9)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_autocast_finite_with_large_holes(dtype):
-    model = tiny(depth=3, base=8, max_channels=16)
-    image = torch.rand(2, 3, 32, 32)
-    mask = torch.zeros(2, 1, 32, 32)
+def test_autocast_finite_with_large_holes(dtype, channels_last, device):
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = tiny(depth=3, base=8, max_channels=16).to(device=device, memory_format=fmt)
+    image = torch.rand(2, 3, 32, 32, device=device).contiguous(memory_format=fmt)
+    mask = torch.zeros(2, 1, 32, 32, device=device)
     mask[:, :, :3, :3] = 1.0
-    with torch.autocast(device_type="cpu", dtype=dtype):
+    mask = mask.contiguous(memory_format=fmt)
+    with torch.autocast(device_type=device, dtype=dtype):
         out = model(image, mask)
         loss = (out.float() - image).abs().mean()
     loss.backward()
@@ -210,7 +219,8 @@ def reference_unet_forward(model, image, mask):
     raise AssertionError("unreachable")
 
 
-def test_matches_dense_mask_reference_network():
+def test_matches_dense_mask_reference_network(device):
+    """The network on ``device`` against the dense-mask reference on the CPU (float64)."""
     model = tiny(depth=3, base=4, max_channels=8).double()
     model.train()
     model(torch.rand(4, 3, 16, 16, dtype=torch.float64), holey_mask(4, 16, 16).double())
@@ -218,6 +228,7 @@ def test_matches_dense_mask_reference_network():
     image = torch.rand(2, 3, 16, 16, dtype=torch.float64)
     mask = (torch.rand(2, 1, 16, 16) > 0.4).double() * holey_mask(2, 16, 16).double()
     with torch.no_grad():
+        got = copy.deepcopy(model).to(device)(image.to(device), mask.to(device)).cpu()
         torch.testing.assert_close(
-            model(image, mask), reference_unet_forward(model, image, mask), atol=1e-9, rtol=1e-9
+            got, reference_unet_forward(model, image, mask), atol=1e-9, rtol=1e-9
         )

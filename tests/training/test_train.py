@@ -67,6 +67,45 @@ def test_resumed_run_matches_uninterrupted_run_across_the_stage_boundary(make_pa
     pd.testing.assert_frame_equal(straight.history[cols], final.history[cols])
 
 
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_steps_checkpoint_and_resume_on_device(
+    precision, device, make_params, tmp_path, monkeypatch
+):
+    """A few steps on ``device`` under each precision (fp16 with its GradScaler), killed after
+    step 2, resumed across the stage boundary: the same weights as an uninterrupted run on that
+    device (bit for bit on the CPU; on CUDA with deterministic cuDNN, to float tolerance)."""
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    common = {"device": device, "precision": precision, "vgg_weights": "random"}
+    straight = _run(make_params(checkpoint_dir=str(tmp_path / "a"), **common))
+    params = make_params(checkpoint_dir=str(tmp_path / "b"), **common)
+    first = _run(params, stop=2)
+    assert first.info["device"].startswith(device) and first.info["precision"] == precision
+    assert first.info["channels_last"] == (device == "cuda")  # auto: on for CUDA only
+    (ckpt_dir,) = (tmp_path / "b").iterdir()
+    *_, (_, path) = list_checkpoints(ckpt_dir)
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    assert int(state["step"]) == 2
+    assert (state["scaler"] is not None) == (precision == "fp16"), "GradScaler state"
+    final = _run(params)
+    assert final.info["resumed_from_step"] == 2 and final.info["final_step"] == 7
+    assert next(final.model.parameters()).device.type == device
+    losses = final.history.filter(like="loss_").to_numpy(dtype=float)
+    assert np.isfinite(losses[~np.isnan(losses)]).all()
+    a, b = straight.model.state_dict(), final.model.state_dict()
+    for key in a:
+        if device == "cpu":
+            assert torch.equal(a[key], b[key]), key
+        else:
+            torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5, msg=key)
+    assert any(
+        not torch.equal(v, first.model.state_dict()[k].to(v.device)) for k, v in b.items()
+    ), "steps 3-7 did not move the weights"
+
+
 def test_resume_from_a_sparse_checkpoint_redoes_the_lost_steps(make_params, tmp_path):
     params = make_params(checkpoint_every=3, steps_stage1=3, steps_stage2=3)
     straight = _run({**params, "checkpoint_dir": str(tmp_path / "a")})
