@@ -36,7 +36,9 @@ def test_pipeline_nodes_have_names_and_tags():
     assert {n.name for n in pipeline.nodes} == {
         "ingest_images",
         "split_train_test",
+        "split_train_validation",
         "generate_test_masks",
+        "generate_val_masks",
         "generate_train_masks",
         "plot_mask_examples",
     }

@@ -9,7 +9,11 @@ import pytest
 from kedro.io import Version
 from kedro_datasets.pandas import CSVDataset
 
-from aerial_inpainting.pipelines.data_processing.nodes import INDEX_COLUMNS, split_train_test
+from aerial_inpainting.pipelines.data_processing.nodes import (
+    INDEX_COLUMNS,
+    split_train_test,
+    split_train_validation,
+)
 
 
 def _index(counts: dict[str, int]) -> pd.DataFrame:
@@ -92,3 +96,24 @@ def test_split_files_are_byte_identical_across_runs(tmp_path: Path):
                 (name, (tmp_path / f"{name}.csv" / f"v{run}" / f"{name}.csv").read_bytes())
             )
     assert written[0] == written[2] and written[1] == written[3]
+
+
+def test_validation_split_is_stratified_disjoint_and_leaves_the_test_split_alone():
+    index = _index(COUNTS)
+    params = {"split": {"seed": 1, "test_fraction": 0.1, "val_fraction": 0.1}}
+    rest, test = split_train_test(index, params)
+    train, val = split_train_validation(rest, params)
+    # per class of the rest (36, 18, 6, 1): round(n * 0.1) clipped to [1, n - 1], by hand;
+    # Desert keeps its one image for training
+    assert val.class_name.value_counts().to_dict() == {"Agriculture": 4, "Beach": 2, "City": 1}
+    assert set(train.row).isdisjoint(val.row) and set(val.row).isdisjoint(test.row)
+    assert sorted([*train.row, *val.row]) == sorted(rest.row)
+    again_rest, again_test = split_train_test(index, params)
+    pd.testing.assert_frame_equal(again_test, test)  # the test split does not see val_fraction
+    pd.testing.assert_frame_equal(split_train_validation(again_rest, params)[1], val)
+    none_train, none_val = split_train_validation(
+        rest, {"split": {**params["split"], "val_fraction": 0}}
+    )
+    assert none_val.empty and len(none_train) == len(rest)
+    with pytest.raises(ValueError, match="val_fraction"):
+        split_train_validation(rest, {"split": {"seed": 1, "val_fraction": 1.5}})
