@@ -8,7 +8,11 @@ ratio to ``benchmarks/results/training_step.json``. It also counts each step's F
 in full) and the U-Net, and the arithmetic rate the project's step would need to reach the
 1.5x target: compare it with the machine's best large-conv rate (``run_all.py``, figure 2).
 
-    python benchmarks/bench_training_step.py [--batch 4] [--size 256] [--repeats 3]
+With ``--imagenet`` it also times the project's step with the paper's full loss on the real
+ImageNet VGG-16 (``vgg_weights: imagenet``; the file of ``aerial-inpainting weights fetch``),
+and that loss alone: same architecture as the random-init VGG, so the same cost is expected.
+
+    python benchmarks/bench_training_step.py [--batch 4] [--size 256] [--repeats 3] [--imagenet]
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.bench_training import count_step_flops, original_step, project_step
 from benchmarks.common import RESULTS_DIR, machine_info, setup_torch
+
+IMAGENET = "project, ImageNet VGG-16 loss (fp32, NCHW)"
 
 
 class _LossOnly:
@@ -56,12 +62,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--depth", type=int, default=7)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--imagenet", action="store_true", help="also time the step with real ImageNet VGG-16"
+    )
     args = parser.parse_args(argv)
     threads = setup_torch()
     steps = {
         "project (fp32, NCHW)": project_step(args.batch, args.size, args.depth),
         "original design (fp32, NCHW)": original_step(args.batch, args.size, args.depth),
     }
+    vgg_info: dict[str, str] = {}
+    if args.imagenet:
+        from aerial_inpainting.pconv.loss import InpaintingLoss
+        from aerial_inpainting.pconv.vgg import build_vgg16_features
+
+        extractor, vgg_info = build_vgg16_features("imagenet", offline_fallback="error")
+        model = steps["project (fp32, NCHW)"].model
+        torch.manual_seed(0)
+        fresh = type(model)(model.config) if hasattr(model, "config") else model
+        steps[IMAGENET] = project_step(
+            args.batch,
+            args.size,
+            args.depth,
+            model_and_loss=(fresh, InpaintingLoss(extractor.eval())),
+        )
     # The loss alone (VGG-16 forward + backward to the output), the part both designs pay.
     loss_only = {f"loss of the {name}": _LossOnly(step) for name, step in steps.items()}
     timed = {**steps, **loss_only}
@@ -89,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(["python", "benchmarks/bench_training_step.py", *sys.argv[1:]]),
         "machine": machine_info(),
         "threads": threads,
+        "vgg_info": vgg_info,
         "batch": args.batch,
         "size": args.size,
         "depth": args.depth,

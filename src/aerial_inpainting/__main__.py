@@ -1,19 +1,27 @@
 """Aerial Inpainting file for ensuring the package is executable
 as `aerial-inpainting` and `python -m aerial_inpainting`
 """
+
 import sys
 from pathlib import Path
 from typing import Any
 
-from kedro.framework.cli.utils import find_run_command
-from kedro.framework.project import configure_project
-
 
 def main(*args, **kwargs) -> Any:
+    """Kedro's ``run`` command, except ``aerial-inpainting weights ...`` (pretrained weights:
+    ``aerial-inpainting weights fetch``, see :mod:`aerial_inpainting.pretrained`)."""
+    argv = list(args[0]) if args and isinstance(args[0], (list, tuple)) else sys.argv[1:]
+    if argv[:1] == ["weights"]:
+        from aerial_inpainting.pretrained import cli
+
+        sys.exit(cli(argv[1:]))
+    from kedro.framework.cli.utils import find_run_command
+    from kedro.framework.project import configure_project
+
     package_name = Path(__file__).parent.name
     configure_project(package_name)
 
-    interactive = hasattr(sys, 'ps1')
+    interactive = hasattr(sys, "ps1")
     kwargs["standalone_mode"] = not interactive
 
     run = find_run_command(package_name)

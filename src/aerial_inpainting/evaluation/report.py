@@ -17,13 +17,14 @@ from matplotlib.figure import Figure
 
 from .metrics import PSNR_CAP_DB
 
-METRICS = ("psnr", "ssim", "hole_psnr", "hole_l1", "ssim_raw")
+METRICS = ("psnr", "ssim", "hole_psnr", "hole_l1", "ssim_raw", "lpips")
 METRIC_LABELS = {
     "psnr": "PSNR (dB), composite",
     "ssim": "SSIM, composite",
     "hole_psnr": "PSNR (dB), hole only",
     "hole_l1": "L1, hole only",
     "ssim_raw": "SSIM, raw output",
+    "lpips": "LPIPS, composite (lower = better)",
 }
 BUCKETS = ("0.01-0.1", "0.1-0.2", "0.2-0.3", "0.3-0.4", "0.4-0.5", "0.5-0.6")
 MODEL = "model"
@@ -84,21 +85,31 @@ def overall(summary: pd.DataFrame, method: str) -> pd.Series | None:
     return None if rows.empty else rows.iloc[0]
 
 
+def _lpips_text(row: pd.Series) -> str:
+    """``m ± s`` of a row's LPIPS, ``n/a`` when it was not computed (no weights)."""
+    mean = row.get("lpips_mean", float("nan"))
+    if mean is None or math.isnan(mean):
+        return "n/a"
+    std = row.get("lpips_std", float("nan"))
+    return f"{mean:.4f} ± {'–' if std is None or math.isnan(std) else f'{std:.4f}'}"
+
+
 def headline(summary: pd.DataFrame, baseline: str = "telea") -> str:
-    """The original design's one-liner for the model, with a baseline's figure beside it."""
+    """The original design's one-liner for the model, LPIPS added, with a baseline's figures beside it."""
     model = overall(summary, MODEL)
     if model is None:
         raise ValueError("The summary has no 'model' rows: nothing to report")
     text = (
         f"Mean PSNR: {model['psnr_mean']:.2f} ± {model['psnr_std']:.2f} dB, "
-        f"Mean SSIM: {model['ssim_mean']:.4f} ± {model['ssim_std']:.4f}"
+        f"Mean SSIM: {model['ssim_mean']:.4f} ± {model['ssim_std']:.4f}, "
+        f"Mean LPIPS: {_lpips_text(model)}"
     )
     base = overall(summary, baseline)
     if base is not None:
         text += (
             f" (n={int(model['n'])}; {METHOD_LABELS.get(baseline, baseline)}: "
             f"{base['psnr_mean']:.2f} ± {base['psnr_std']:.2f} dB, "
-            f"{base['ssim_mean']:.4f} ± {base['ssim_std']:.4f})"
+            f"{base['ssim_mean']:.4f} ± {base['ssim_std']:.4f}, LPIPS {_lpips_text(base)})"
         )
     return text
 
@@ -147,7 +158,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 
 
 def summary_markdown(summary: pd.DataFrame, notes: Sequence[str] = ()) -> str:
-    """A Markdown report: headline, overall table, then PSNR/SSIM per hole-ratio bucket and class."""
+    """A Markdown report: headline, overall table, then PSNR/SSIM/LPIPS per hole-ratio bucket and class."""
     methods = _method_order(summary["method"].unique())
     metrics = [m for m in METRICS if f"{m}_mean" in summary.columns]
     lines = ["# Evaluation on the test split", ""]
@@ -167,7 +178,12 @@ def summary_markdown(summary: pd.DataFrame, notes: Sequence[str] = ()) -> str:
         if part.empty:
             continue
         groups = list(dict.fromkeys(part["group"]))
-        for metric in ("psnr", "ssim"):
+        shown = [
+            m
+            for m in ("psnr", "ssim", "lpips")
+            if f"{m}_mean" in part.columns and part[f"{m}_mean"].notna().any()
+        ]
+        for metric in shown:
             lines += ["", f"## {METRIC_LABELS[metric]} per {title}", ""]
             rows = []
             for group in groups:
@@ -202,7 +218,11 @@ def summary_markdown(summary: pd.DataFrame, notes: Sequence[str] = ()) -> str:
 
 def plot_metrics_vs_hole_ratio(per_image: pd.DataFrame) -> Figure:
     """Each metric against hole ratio: per-bucket mean ± std for every method, images as dots."""
-    metrics = [m for m in ("psnr", "ssim", "hole_psnr", "hole_l1") if m in per_image.columns]
+    metrics = [
+        m
+        for m in ("psnr", "ssim", "hole_psnr", "hole_l1", "lpips")
+        if m in per_image.columns and per_image[m].notna().any()
+    ]
     methods = _method_order(per_image["method"].unique())
     ncols = 2
     nrows = math.ceil(len(metrics) / ncols)

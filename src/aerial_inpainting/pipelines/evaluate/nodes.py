@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from aerial_inpainting.evaluation import baselines as bl
 from aerial_inpainting.evaluation import report
+from aerial_inpainting.evaluation.perceptual import lpips_available
 from aerial_inpainting.evaluation.scoring import Chunk, resolve_workers, score_chunks
 from aerial_inpainting.pconv.tta import dihedral_mean
 
@@ -41,6 +42,7 @@ PER_IMAGE_COLUMNS = [
     "hole_psnr",
     "hole_l1",
     "ssim_raw",
+    "lpips",
 ]
 
 
@@ -213,6 +215,9 @@ def compute_metrics(
 
     Biharmonic runs on a seeded sample (``biharmonic_sample``); chunks of
     ``metrics_batch_size`` images are scored by ``workers`` processes (``auto``: one per CPU).
+    ``lpips_net`` (``alex``, ``vgg`` or ``none``) picks the LPIPS backbone; without its
+    converted ImageNet weights the ``lpips`` column is NaN and one WARNING names the command
+    that fetches them.
     """
     methods = list(params.get("baselines", bl.BASELINES))
     unknown = sorted(set(methods) - set(bl.BASELINES))
@@ -233,6 +238,9 @@ def compute_metrics(
     )
     rows = evaluation_set["row"].to_numpy()
     baseline_params = {k: params[k] for k in ("telea_radius", "ns_radius") if k in params}
+    lpips_net = params.get("lpips_net", "alex")
+    size = tuple(evaluation_masks.shape[1:3]) if n else None
+    baseline_params["lpips_net"] = lpips_net if n and lpips_available(lpips_net, size) else None
     if len(model_outputs) != n:
         raise ValueError(f"model_outputs: {len(model_outputs)} images for {n} test images")
 
@@ -271,7 +279,7 @@ def compute_metrics(
             continue
         part = meta.iloc[np.concatenate([p["positions"] for p in parts])].reset_index(drop=True)
         part["method"] = method
-        for key in ("psnr", "ssim", "hole_psnr", "hole_l1", "ssim_raw"):
+        for key in ("psnr", "ssim", "hole_psnr", "hole_l1", "ssim_raw", "lpips"):
             part[key] = np.concatenate([p[key] for p in parts]) if key in parts[0] else np.nan
         frames.append(part)
     return pd.concat(frames, ignore_index=True)[PER_IMAGE_COLUMNS]
@@ -289,6 +297,19 @@ def summarise_evaluation(
         notes.append(
             f"Biharmonic (slow) ran on a seeded random sample of {n_bih} of the {n_model} test images "
             f"(`evaluate.biharmonic_sample`, seed {params.get('seed', 0)}); its figures are over that sample."
+        )
+    lpips_net = params.get("lpips_net", "alex")
+    if "lpips" in evaluation_per_image and evaluation_per_image["lpips"].notna().any():
+        backbone = {"alex": "AlexNet", "vgg": "VGG-16"}.get(lpips_net, lpips_net)
+        notes.append(
+            f"LPIPS v0.1 (Zhang et al. 2018) of the composite against the ground truth, {backbone} "
+            f"backbone (`evaluate.lpips_net`), as the reference `lpips` package computes it; "
+            "lower is better."
+        )
+    else:
+        notes.append(
+            "LPIPS was not computed (ImageNet weights absent: run `aerial-inpainting weights "
+            "fetch`, or `evaluate.lpips_net` is none)."
         )
     return summary, report.summary_markdown(summary, notes), report.mlflow_metrics(summary)
 
