@@ -25,6 +25,7 @@ PARAMS = {
     "seed": 3,
     "device": "cpu",
     "batch_size": 3,
+    "tta": False,
     "metrics_batch_size": 4,
     "workers": 1,
     "progress": False,
