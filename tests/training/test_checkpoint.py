@@ -144,7 +144,9 @@ def test_a_pickle_that_runs_code_is_refused_without_running_it(tmp_path):
     evil = tmp_path / "evil.pt"
     torch.save({"format": "aerial-inpainting/pconv-unet/1", "payload": _CreatesFile(target)}, evil)
     assert not target.exists()
-    with pytest.raises(ckpt.UnsafeModelFileError, match=r"evil\.pt.*would run Python code.*convert"):
+    with pytest.raises(
+        ckpt.UnsafeModelFileError, match=r"evil\.pt.*would run Python code.*convert"
+    ):
         ckpt.load_model(evil)
     with pytest.raises(ckpt.UnsafeModelFileError):
         ckpt.load_checkpoint(evil)

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from kedro.io.core import DatasetError
 from PIL import Image
 from tqdm.auto import tqdm
 
@@ -81,6 +82,10 @@ def _load_picture(loader: Callable[[], Any] | Any, what: str) -> Any:
         return _load(loader)
     except Image.DecompressionBombError as exc:
         raise InpaintingInputError(f"{what}: {too_large_reason(exc)}") from exc
+    except DatasetError as exc:  # Kedro wraps what the dataset raised
+        if isinstance(exc.__cause__, Image.DecompressionBombError):
+            raise InpaintingInputError(f"{what}: {too_large_reason(exc.__cause__)}") from exc
+        raise
 
 
 def _row(image_id: str, image_file: str | None, mask_file: str | None, **fields: Any) -> dict:
