@@ -91,9 +91,10 @@ def project_tracking_uri(root: str | os.PathLike, env: str | None = None) -> str
     from aerial_inpainting import settings
 
     root = Path(root).resolve()
-    loader = ProjectConfigLoader(
-        conf_source=str(root / "conf"), env=env, **settings.CONFIG_LOADER_ARGS
-    )
+    args = dict(settings.CONFIG_LOADER_ARGS)
+    if not (root / "conf" / (env or args.get("default_run_env", "local"))).is_dir():
+        env, args["default_run_env"] = None, args.get("base_env", "base")  # base alone
+    loader = ProjectConfigLoader(conf_source=str(root / "conf"), env=env, **args)
     try:
         config = loader["mlflow"]
     except KeyError:
