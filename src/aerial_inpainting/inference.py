@@ -41,6 +41,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from PIL import Image
@@ -430,6 +431,9 @@ def _predict(
     return out[0].clamp(0.0, 1.0).permute(1, 2, 0).float().cpu().numpy(), reached
 
 
+FAR_HOLE_METHODS = ("coarse", "passes")
+
+
 def fill_holes(
     model: torch.nn.Module,
     rgb: np.ndarray,
@@ -441,19 +445,28 @@ def fill_holes(
     max_size: int = DEFAULT_MAX_SIZE,
     progress: bool | None = False,
     name: str = "image",
+    far_holes: str = "coarse",
 ) -> np.ndarray:
     """Predict every hole pixel of ``rgb`` (uint8 (H, W, 3)); returns uint8 (H, W, 3).
 
-    ``valid``: bool (H, W), True = keep; at least one pixel must be valid. Pass 1 runs the
-    network (padded, or in tiles, see :func:`inpaint_image`) on the image and mask. Hole
-    pixels the network could not reach (its last layer's mask is 0 there) keep no value from
-    that pass; the next pass runs again with every pixel predicted so far counted as valid,
-    and so on until all are predicted. Each pass reaches at least the hole pixels next to a
-    valid one (the last layer is a 3x3 partial convolution that sees the input mask), so the
-    loop ends; with the CPU default network (depth 5) a hole needs about one pass per 80 px
-    of distance to its edge. Only tiles holding pixels still to fill are run again.
-    Valid pixels of the returned array equal ``rgb``'s.
+    ``valid``: bool (H, W), True = keep; at least one pixel must be valid. The network runs
+    once at full resolution (padded, or in tiles, see :func:`inpaint_image`). Hole pixels it
+    could not reach (its last layer's mask is 0 there: with the CPU network, depth 5, those
+    more than about 79 px from any valid pixel) are then filled by ``far_holes``:
+
+    * ``"coarse"`` (default, the better of the two in ``benchmarks/bench_out_of_reach.py``):
+      the image is shrunk 2x (2x2 means of the valid pixels; a block with any valid pixel is
+      valid), filled by this same function (so again 2x smaller where still needed), and
+      its result upsampled (bilinear) into those pixels only;
+    * ``"passes"``: the network runs again with every pixel predicted so far counted as valid,
+      until none is left (each pass reaches at least the pixels next to a valid one: the last
+      layer is a 3x3 partial convolution that sees the input mask).
+
+    Pixels the full-resolution pass reached keep its prediction. Valid pixels of the returned
+    array equal ``rgb``'s.
     """
+    if far_holes not in FAR_HOLE_METHODS:
+        raise ValueError(f"far_holes must be one of {FAR_HOLE_METHODS}, got {far_holes!r}")
     if not valid.any():
         raise InpaintingInputError(f"{name}: no valid pixel to inpaint from")
     multiple = model_multiple(model)
@@ -464,29 +477,73 @@ def fill_holes(
         tile_size = max_size
     tiled = tile_size is not None and max(height, width) > tile_size
 
+    def one_pass(image: np.ndarray, known: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if tiled:
+            return _predict_tiled(
+                model, image, known, device, multiple, int(tile_size), int(overlap),
+                progress, name,
+            )  # fmt: skip
+        ph, pw = _round_up(height, multiple), _round_up(width, multiple)
+        out, reach = _predict(
+            model, _reflect_pad(image, ph, pw), _reflect_pad(known, ph, pw), device
+        )
+        return out[:height, :width], reach[:height, :width]
+
     current, known = rgb.copy(), valid.copy()
     passes = 0
     while not known.all():
         passes += 1
-        if tiled:
-            prediction, reached = _predict_tiled(
-                model, current, known, device, multiple, int(tile_size), int(overlap),
-                progress, name,
-            )  # fmt: skip
-        else:
-            ph, pw = _round_up(height, multiple), _round_up(width, multiple)
-            padded, reach = _predict(
-                model, _reflect_pad(current, ph, pw), _reflect_pad(known, ph, pw), device
-            )
-            prediction, reached = padded[:height, :width], reach[:height, :width]
+        prediction, reached = one_pass(current, known)
         new = reached & ~known
         if not new.any():  # cannot happen with a PConvUNet (see above); never loop forever
             raise RuntimeError(f"{name}: pass {passes} filled no hole pixel")
-        current[new] = np.clip(np.rint(prediction[new] * 255.0), 0, 255).astype(np.uint8)
+        current[new] = _to_uint8_image(prediction[new])
         known |= new
+        if far_holes == "coarse" and not known.all():
+            small_rgb, small_valid = _shrink2(rgb, valid)
+            coarse = fill_holes(
+                model, small_rgb, small_valid, device, tile_size, overlap,
+                max_size=max_size, progress=progress, name=name, far_holes="coarse",
+            )  # fmt: skip
+            up = cv2.resize(
+                coarse.astype(np.float32) / 255.0,
+                (2 * coarse.shape[1], 2 * coarse.shape[0]),
+                interpolation=cv2.INTER_LINEAR,
+            )[:height, :width]
+            todo = ~known
+            current[todo] = _to_uint8_image(up[todo])
+            logger.info(
+                "%s: %d hole pixel(s) beyond the network's reach filled at 1/2 resolution "
+                "(or coarser)",
+                name,
+                int(todo.sum()),
+            )
+            known[:] = True
     if passes > 1:
         logger.info("%s: holes wider than the network's reach filled in %d passes", name, passes)
     return current
+
+
+def _to_uint8_image(values: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(values * 255.0), 0, 255).astype(np.uint8)
+
+
+def _shrink2(rgb: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Half-size image and mask: each 2x2 block -> mean of its valid pixels, valid if any is.
+
+    Odd sides get one more row/column that counts as not valid. Returns uint8 (ceil(H/2),
+    ceil(W/2), 3) and bool.
+    """
+    height, width = valid.shape
+    h2, w2 = -(-height // 2), -(-width // 2)
+    weight = np.zeros((2 * h2, 2 * w2), dtype=np.float64)
+    weight[:height, :width] = valid
+    values = np.zeros((2 * h2, 2 * w2, 3), dtype=np.float64)
+    values[:height, :width] = rgb * weight[:height, :width, None]
+    count = weight.reshape(h2, 2, w2, 2).sum(axis=(1, 3))
+    total = values.reshape(h2, 2, w2, 2, 3).sum(axis=(1, 3))
+    small = np.where(count[:, :, None] > 0, total / np.maximum(count, 1)[:, :, None], 0.0)
+    return np.clip(np.rint(small), 0, 255).astype(np.uint8), count > 0
 
 
 def inpaint_image(

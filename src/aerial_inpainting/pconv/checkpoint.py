@@ -216,12 +216,33 @@ def _read_safetensors_model(
     return config, state_dict, extra
 
 
+def _numpy_multiarray():
+    try:  # numpy >= 2
+        from numpy._core import multiarray
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core import multiarray
+    return multiarray
+
+
+_NUMPY_ARRAY_GLOBALS = [
+    np.ndarray,
+    np.dtype,
+    np.dtypes.UInt32DType,
+    np.dtypes.Int64DType,
+    np.dtypes.Float64DType,
+    _numpy_multiarray()._reconstruct,
+]
+
+
 def _torch_load(path: Path, map_location: str | torch.device) -> Any:
     """``torch.load(weights_only=True)``: tensors and plain containers only, never code."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: model/checkpoint file not found")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        # Checkpoints written before RNG states were stored as tensors/lists hold numpy's
+        # RNG key as an ndarray: torch's documented allowlist for plain numpy arrays.
+        with torch.serialization.safe_globals(_NUMPY_ARRAY_GLOBALS):
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         if "global" not in str(exc).lower():  # not an allowed-globals refusal: garbage
             raise ValueError(f"{path}: cannot be read as a model file ({exc})") from exc
