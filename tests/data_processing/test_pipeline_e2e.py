@@ -37,6 +37,7 @@ def test_pipeline_nodes_have_names_and_tags():
         "ingest_images",
         "split_train_test",
         "generate_test_masks",
+        "generate_large_test_masks",
         "generate_train_masks",
         "plot_mask_examples",
     }

@@ -201,3 +201,26 @@ def test_checkpoints_load_with_weights_only_and_keep_extra_entries(tmp_path):
     assert torch.equal(raw["array"], torch.arange(4, dtype=torch.int16))
     with pytest.raises(TypeError, match=r"checkpoint\['bad'\] is a set"):
         ckpt.save_checkpoint(tmp_path, {"step": 4, "fingerprint": "f", "bad": {1}})
+
+
+def test_checkpoints_of_the_earlier_format_still_resume(tmp_path):
+    """Before issue 14 the RNG states were Python's tuple and numpy's (str, ndarray, ...)
+    tuple: such checkpoints still load with weights_only=True and restore the generators."""
+    random.seed(3)
+    np.random.seed(3)
+    torch.manual_seed(3)
+    old_rng = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    path = tmp_path / "ckpt-000000002.pt"
+    torch.save(
+        {"format": ckpt.CHECKPOINT_FORMAT, "step": 2, "fingerprint": "f", "rng": old_rng}, path
+    )
+    expected = (random.random(), np.random.rand(), torch.rand(2))
+    random.seed(0)
+    np.random.seed(0)
+    ckpt.restore_rng_state(ckpt.load_checkpoint(path, expected_fingerprint="f")["rng"])
+    got = (random.random(), np.random.rand(), torch.rand(2))
+    assert got[0] == expected[0] and got[1] == expected[1] and torch.equal(got[2], expected[2])
