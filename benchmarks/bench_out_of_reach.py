@@ -147,7 +147,12 @@ def main(argv=None) -> int:
         }
         for name, v in scores.items()
     }
-    paired = np.array(scores["passes"]["psnr"]) - np.array(scores["telea"]["psnr"])
+
+    def paired(a: str, b: str) -> dict[str, float | None]:
+        diff = np.array(scores[a]["psnr"]) - np.array(scores[b]["psnr"])
+        stderr = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else None
+        return {"mean": float(diff.mean()), "stderr": stderr, "wins": float((diff > 0).mean())}
+
     result = {
         "images": images_desc,
         "n_images": len(images),
@@ -155,11 +160,16 @@ def main(argv=None) -> int:
         "hole": f"centred {HOLE}x{HOLE} in {SIZE}x{SIZE}",
         "out_of_reach_pixels_per_image": n_out,
         "summary_on_out_of_reach_pixels": summary,
-        "passes_minus_telea_psnr": {
-            "mean": float(paired.mean()),
-            "stderr": float(paired.std(ddof=1) / np.sqrt(len(paired))) if len(paired) > 1 else None,
-            "wins": float((paired > 0).mean()),
+        "paired_psnr_differences": {
+            f"{a}-{b}": paired(a, b)
+            for a, b in (
+                ("coarse", "telea"),
+                ("coarse", "passes"),
+                ("passes", "telea"),
+                ("coarse", "mean"),
+            )
         },
+        "per_image_psnr": {name: v["psnr"] for name, v in scores.items()},
         "seconds_per_image_median": {k: float(np.median(v)) for k, v in times.items()},
         "threads": threads,
         "machine": machine_info(),

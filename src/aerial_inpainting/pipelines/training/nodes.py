@@ -115,7 +115,7 @@ def train_model(
     """
     params = {
         **params,
-        **{key: resolve_in_project(params.get(key)) for key in ("checkpoint_dir", "grid_dir")},
+        **{k: resolve_in_project(params[k]) for k in ("checkpoint_dir", "grid_dir") if k in params},
     }
     cfg = TrainConfig.from_params(params)
     data = build_training_data(
