@@ -2,7 +2,7 @@
 
 The project's performance curve (issue 13). A training run with ``training.snapshot_minutes``
 set (the ``cpu_real`` environment sets 5, 10, 20, 40 and saves the end of its 60-minute budget)
-leaves one model file per point in ``<snapshot_dir>/<fingerprint>/minute_<MMM.MM>_step_<N>.pt``.
+leaves one model file per point in ``<snapshot_dir>/<fingerprint>/minute_<MMM.MM>_step_<N>.safetensors``.
 This script
 
 1. with ``--train``, runs that training first: ``kedro run --env=<env>`` (data_processing,
@@ -81,13 +81,13 @@ def _load_inputs(env: str | None) -> dict[str, Any]:
 
 
 def newest_snapshot_folder(snapshot_dir: Path) -> Path:
-    folders = [d for d in snapshot_dir.iterdir() if d.is_dir() and any(d.glob("minute_*.pt"))]
+    folders = [d for d in snapshot_dir.iterdir() if d.is_dir() and any(d.glob("minute_*"))]
     if not folders:
         raise SystemExit(
             f"{snapshot_dir}: no snapshots; train with training.snapshot_minutes set "
             "(e.g. --train --env cpu_real)"
         )
-    return max(folders, key=lambda d: max(p.stat().st_mtime for p in d.glob("minute_*.pt")))
+    return max(folders, key=lambda d: max(p.stat().st_mtime for p in d.glob("minute_*")))
 
 
 def score_snapshots(folder: Path, inputs: dict[str, Any]) -> list[dict[str, Any]]:
@@ -107,7 +107,7 @@ def score_snapshots(folder: Path, inputs: dict[str, Any]) -> list[dict[str, Any]
     test_images = np.asarray(images[evaluation_set["row"].to_numpy()])
     params = {**inputs["evaluate"], "baselines": ["telea"], "progress": False}
     rows = []
-    for path in sorted(folder.glob("minute_*.pt")):
+    for path in sorted(folder.glob("minute_*")):
         model = load_model(path)
         outputs = predict_images(
             model, test_images, masks, torch.device("cpu"), int(params["batch_size"]),
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--env", default="cpu_real", help="Kedro environment (default cpu_real)")
     parser.add_argument("--train", action="store_true", help="run `kedro run --env=ENV` first")
     parser.add_argument("--snapshots", type=Path, default=None,
-                        help="folder of minute_*.pt files (default: the newest under snapshot_dir)")  # fmt: skip
+                        help="folder of minute_* model files (default: the newest under snapshot_dir)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=RESULTS / "quality_vs_time.json")
     parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "quality_vs_time.png")
     args = parser.parse_args(argv)

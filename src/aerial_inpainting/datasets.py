@@ -270,7 +270,7 @@ class MaskFolderDataset(AbstractVersionedDataset[dict[str, np.ndarray], dict[str
 
 
 class TorchModelDataset(AbstractVersionedDataset[Any, Any]):
-    """A trained :class:`~aerial_inpainting.pconv.unet.PConvUNet` as one ``.pt`` file.
+    """A trained :class:`~aerial_inpainting.pconv.unet.PConvUNet` as one safetensors file.
 
     The file holds the network's config and weights (``pconv.checkpoint.save_model``), so
     loading rebuilds the model without any other configuration; written atomically. With

@@ -11,6 +11,17 @@ from kedro.pipeline.node import Node
 logger = logging.getLogger(__name__)
 
 
+class ProjectRootHook:
+    """Records the session's project root, so parameters' relative paths resolve against it
+    (:func:`aerial_inpainting.project_paths.project_root`), from any working directory."""
+
+    @hook_impl(tryfirst=True)
+    def after_context_created(self, context) -> None:
+        from aerial_inpainting.project_paths import set_session_root
+
+        set_session_root(context.project_path)
+
+
 class DataSourceHook:
     """Records with the MLflow run whether the images were real SkyView or synthetic."""
 

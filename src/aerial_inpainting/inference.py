@@ -1,35 +1,60 @@
 """Inpaint one image of any size with a trained partial-convolution U-Net (no Kedro needed).
 
-The U-Net only accepts sides that are multiples of ``2**depth``, so every image is
-reflect-padded up to such a size (mask padded the same way, so mirrored holes stay holes)
-and the result is cropped back. Images larger than ``max_size`` are cut into overlapping
-tiles whose predictions are blended with linear ramps, which bounds memory. In every case
-the valid pixels of the result are *copied* from the input (``I_comp = M*I + (1-M)*I_out``),
-so they are bit-identical to it.
+This module is the one code path behind ``aerial-inpaint``, the ``inpaint`` pipeline and the
+MLflow pyfunc model: :func:`prepare_inputs` reads an image/mask pair as the user sees it,
+:func:`fill_holes` runs the network until every hole pixel has a prediction and
+:func:`compose_output` puts the result together.
+
+* **Orientation**: PIL images (files) are turned upright by their EXIF ``Orientation`` tag
+  before anything else (images and masks alike), so a mask drawn on what a viewer shows fits
+  the image, and results are written upright.
+* **Transparency**: a fully transparent image pixel (alpha 0) is no-data: it becomes a hole
+  and is never shown to the network as context. The result keeps the image's alpha on kept
+  pixels; filled pixels become opaque. In a mask, transparent means hole too: a mask whose
+  colour is uniform (only its alpha varies) is its alpha (opaque = keep, transparent = fill);
+  otherwise its luminance composited on black is used.
+* **Padding**: the U-Net only accepts sides that are multiples of ``2**depth``, so every image
+  is reflect-padded up to such a size (mask padded the same way, so mirrored holes stay
+  holes) and the result is cropped back. Images larger than ``max_size`` are cut into
+  overlapping tiles whose predictions are blended with linear ramps, which bounds memory.
+* **Every hole pixel is filled**: a U-Net of depth D only propagates the valid mask so far
+  (about 79 px for depth 5); further inside a hole its last layer still has mask 0 and the
+  output there is the partial convolution's zero default, not a prediction. Such pixels are
+  filled by further passes in which the pixels predicted so far count as valid context
+  (:func:`fill_holes`), until none is left.
+* In every case the valid pixels of the result are *copied* from the input
+  (``I_comp = M*I + (1-M)*I_out``), so they are bit-identical to it.
 
 Mask convention: 1/True/255 (white) = valid pixel to keep, 0 (black) = hole to fill.
 A mask with other values (anti-aliased edges, JPEG artefacts) is *thresholded* at
 ``threshold`` on the 0-255 scale (valid where ``value >= threshold``) and a
 :class:`NonBinaryMaskWarning` is emitted; ``threshold=None`` refuses such a mask instead.
+A mask whose hole ratio is above :data:`HOLE_RATIO_WARNING` (far outside the trained range)
+probably uses the opposite convention (LaMa, Stable Diffusion UIs, SAM: white = fill): a
+note naming the inversion option is returned.
 """
 
 from __future__ import annotations
 
 import logging
 import warnings
+from dataclasses import dataclass, field
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
-from aerial_inpainting.imaging.io import to_rgb8
+from aerial_inpainting.imaging.io import to_rgb8, upright
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_SIZE = 1024
 DEFAULT_OVERLAP = 64
 DEFAULT_THRESHOLD = 128
+HOLE_RATIO_WARNING = 0.6  # the training masks' hole ratios end here
 
 
 class InpaintingInputError(ValueError):
@@ -94,16 +119,58 @@ def _to_uint8(array: np.ndarray, name: str) -> np.ndarray:
     raise InpaintingInputError(f"{name}: unsupported image dtype {array.dtype}")
 
 
+def _has_alpha(image: Image.Image) -> bool:
+    return image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
+        image.mode == "P" and ("transparency" in image.info or image.palette.mode == "RGBA")
+    )
+
+
+def _alpha_mask_gray(array: np.ndarray) -> np.ndarray:
+    """(H, W, 2|4) mask with alpha -> (H, W) gray levels; transparent = hole.
+
+    A fully opaque alpha is ignored. When the colour is the same everywhere (only the alpha
+    varies), the alpha is the mask (opaque = keep). Otherwise the luminance is composited on
+    black (``luma * alpha / 255``): transparent pixels become holes, opaque ones keep their
+    grey level.
+    """
+    if array.dtype == bool:
+        array = array.astype(np.uint8) * 255
+    colour, alpha = array[:, :, :-1], array[:, :, -1]
+    luma = colour[:, :, 0] if colour.shape[2] == 1 else _luma(colour)
+    full = np.iinfo(array.dtype).max if array.dtype.kind in "ui" else 1.0
+    if (alpha == full).all():
+        return luma
+    if (colour == colour.reshape(-1, colour.shape[2])[0]).all():
+        return alpha.copy()
+    composite = luma.astype(np.float64) * alpha.astype(np.float64) / float(full)
+    return np.rint(composite).astype(array.dtype) if array.dtype.kind in "ui" else composite
+
+
+def _luma(rgb: np.ndarray) -> np.ndarray:
+    """ITU-R 601 luma, as PIL's convert("L"); grey images are returned unchanged."""
+    if (rgb == rgb[:, :, :1]).all():
+        return rgb[:, :, 0]
+    luma = rgb.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    return np.rint(luma).astype(rgb.dtype) if rgb.dtype.kind in "ui" else luma
+
+
 def _mask_to_2d(mask: Any, name: str) -> np.ndarray:
-    """A mask as a 2-D array: PIL images converted to 8-bit gray, RGB(A) arrays to luminance."""
+    """A mask as a 2-D array: PIL images turned upright (EXIF) and converted to 8-bit gray,
+    RGB arrays to luminance, masks with alpha by :func:`_alpha_mask_gray`."""
     if hasattr(mask, "mode") and hasattr(mask, "convert"):  # PIL image
-        mask = mask.convert("L") if mask.mode not in ("L", "1", "I;16", "I", "F") else mask
-        if mask.mode == "1":
-            mask = mask.convert("L")
+        mask = upright(mask)
+        if _has_alpha(mask):
+            mask = np.asarray(mask.convert("RGBA"))
+        else:
+            mask = mask.convert("L") if mask.mode not in ("L", "1", "I;16", "I", "F") else mask
+            if mask.mode == "1":
+                mask = mask.convert("L")
     array = np.asarray(mask)
-    if array.ndim == 3 and array.shape[2] in (1, 2):
+    if array.ndim == 3 and array.shape[2] in (2, 4):
+        array = _alpha_mask_gray(array)
+    elif array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
-    elif array.ndim == 3 and array.shape[2] in (3, 4):
+    elif array.ndim == 3 and array.shape[2] == 3:
         rgb = array[:, :, :3]
         if (rgb == rgb[:, :, :1]).all():
             array = rgb[:, :, 0]
@@ -166,6 +233,123 @@ def prepare_mask(
     return ~valid if invert else valid.copy()
 
 
+def load_image_input(image: Any, name: str = "image") -> tuple[np.ndarray, np.ndarray | None]:
+    """An image as the user sees it: (uint8 (H, W, 3) RGB, uint8 (H, W) alpha or None).
+
+    PIL images are turned upright by their EXIF orientation first. The RGB of images with
+    an alpha channel is kept as stored (not premultiplied): fully transparent pixels are
+    no-data, which :func:`prepare_inputs` turns into holes. Arrays of shape (H, W, 2|4) are
+    read as gray/RGB + alpha; everything else as in :func:`to_rgb_uint8`. Raises
+    :class:`InpaintingInputError`. Returned arrays are writable copies.
+    """
+    if hasattr(image, "mode") and hasattr(image, "convert"):  # PIL image
+        image = upright(image)
+        if _has_alpha(image):
+            try:
+                rgba = np.array(image.convert("RGBA"), dtype=np.uint8)
+            except (ValueError, OSError) as exc:
+                raise InpaintingInputError(f"{name}: cannot convert to RGBA ({exc})") from exc
+            return np.ascontiguousarray(rgba[:, :, :3]), rgba[:, :, 3].copy()
+        return np.array(to_rgb_uint8(image, name=name)), None
+    array = np.asarray(image)
+    if array.ndim == 3 and array.shape[2] in (2, 4) and min(array.shape[:2]) > 0:
+        colour = _to_uint8(array[:, :, :-1], name)
+        alpha = _to_uint8(array[:, :, -1], name)
+        rgb = np.repeat(colour, 3, axis=2) if colour.shape[2] == 1 else colour
+        return np.array(rgb), np.array(alpha)
+    return np.array(to_rgb_uint8(array, name=name)), None
+
+
+@dataclass
+class PreparedInputs:
+    """An image/mask pair ready for :func:`fill_holes`.
+
+    ``rgb``: uint8 (H, W, 3); ``alpha``: uint8 (H, W) or None; ``valid``: bool (H, W), True
+    where the pixel is kept: valid in the mask and not transparent no-data;
+    ``mask_hole_ratio``: fraction of holes in the mask alone; ``notes``: warnings for the
+    user (non-binary mask thresholded, suspicious hole ratio, transparent no-data).
+    """
+
+    rgb: np.ndarray
+    alpha: np.ndarray | None
+    valid: np.ndarray
+    mask_hole_ratio: float
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def hole_ratio(self) -> float:
+        """Fraction of pixels to fill (mask holes and transparent no-data)."""
+        return float(1.0 - self.valid.mean())
+
+
+def prepare_inputs(
+    image: Any,
+    mask: Any,
+    *,
+    threshold: float | None = DEFAULT_THRESHOLD,
+    invert_mask: bool = False,
+    name: str = "image",
+    mask_name: str | None = None,
+    invert_hint: str = "invert_mask",
+) -> PreparedInputs:
+    """Read an (image, mask) pair as the user sees it (see the module docstring).
+
+    ``image``/``mask``: PIL images or arrays (see :func:`load_image_input`,
+    :func:`prepare_mask`). ``invert_hint`` names the inversion option in the note given when
+    the mask's hole ratio is above :data:`HOLE_RATIO_WARNING` (e.g. ``--invert-mask``).
+    Raises :class:`InpaintingInputError` (sizes differ, grey mask without threshold, bad
+    shapes). A mask with no valid pixel is *not* refused here (see :func:`check_fillable`).
+    """
+    mask_name = mask_name or f"mask of {name}"
+    rgb, alpha = load_image_input(image, name=name)
+    notes: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", NonBinaryMaskWarning)
+        valid = prepare_mask(
+            mask, rgb.shape, threshold=threshold, invert=invert_mask, name=mask_name
+        )
+    notes.extend(str(w.message) for w in caught if issubclass(w.category, NonBinaryMaskWarning))
+    mask_hole_ratio = float(1.0 - valid.mean())
+    if mask_hole_ratio > HOLE_RATIO_WARNING and valid.any():
+        notes.append(
+            f"{mask_name}: {mask_hole_ratio:.1%} of the pixels are holes, far above what the "
+            f"model was trained for (up to {HOLE_RATIO_WARNING:.0%}); this project's masks are "
+            "white = keep, black = fill, while most inpainting tools (LaMa, Stable Diffusion "
+            f"UIs, SAM exports) use white = fill: if so, use {invert_hint}"
+        )
+    if alpha is not None:
+        no_data = alpha == 0
+        if no_data.any():
+            notes.append(
+                f"{name}: {int(no_data.sum())} fully transparent pixel(s) are no-data and are "
+                "filled as holes"
+            )
+            valid = valid & ~no_data
+    return PreparedInputs(rgb, alpha, valid, mask_hole_ratio, notes)
+
+
+def check_fillable(inputs: PreparedInputs, name: str = "image") -> None:
+    """Raise :class:`InpaintingInputError` when nothing is left to inpaint from."""
+    if not inputs.valid.any():
+        raise InpaintingInputError(
+            f"{name}: mask has no valid pixel (everything is a hole); there is nothing to "
+            "inpaint from. Check the convention (white = keep, black = fill) or invert the mask"
+        )
+
+
+def compose_output(inputs: PreparedInputs, filled: np.ndarray) -> np.ndarray:
+    """The result: kept pixels from the input, holes from ``filled`` (uint8 (H, W, 3)).
+
+    uint8 (H, W, 3), or (H, W, 4) when the image had an alpha channel: the input's alpha on
+    kept pixels, 255 (opaque) on filled ones.
+    """
+    rgb = np.where(inputs.valid[:, :, None], inputs.rgb, filled)
+    if inputs.alpha is None:
+        return rgb
+    alpha = np.where(inputs.valid, inputs.alpha, np.uint8(255))
+    return np.concatenate([rgb, alpha[:, :, None]], axis=2)
+
+
 # ------------------------------------------------------------------ geometry
 def model_multiple(model: torch.nn.Module) -> int:
     """Side lengths the model accepts are multiples of ``2**depth``."""
@@ -226,14 +410,140 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 def _predict(
     model: torch.nn.Module, image: np.ndarray, valid: np.ndarray, device: torch.device
-) -> np.ndarray:
-    """Model output for one padded image: float32 (h, w, 3) clipped to [0, 1]."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Model output for one padded image: float32 (h, w, 3) in [0, 1] and bool (h, w) *reached*.
+
+    *reached* is the last layer's updated mask: True where the output is a prediction, False
+    where no valid pixel was within the network's reach (output = 0 there, not a prediction).
+    Models without ``forward_with_mask`` (test stand-ins) are taken to reach every pixel.
+    """
     # NHWC (channels_last) memory: the model's convolutions run faster in it (README, benchmarks).
-    x = torch.from_numpy(np.ascontiguousarray(image))[None].permute(0, 3, 1, 2).to(device)
-    m = torch.from_numpy(valid.astype(np.float32))[None, None].to(device)
+    x = torch.tensor(image, dtype=torch.float32)[None].permute(0, 3, 1, 2).to(device)
+    m = torch.tensor(valid, dtype=torch.float32)[None, None].to(device)
+    x = x.contiguous(memory_format=torch.channels_last) / 255.0
     with torch.inference_mode():
-        out = model(x.float().contiguous(memory_format=torch.channels_last) / 255.0, m)
-    return out[0].clamp(0.0, 1.0).permute(1, 2, 0).float().cpu().numpy()
+        if hasattr(model, "forward_with_mask"):
+            out, reach = model.forward_with_mask(x, m)
+            reached = (reach[0] > 0).any(dim=0).cpu().numpy()
+        else:
+            out = model(x, m)
+            reached = np.ones(valid.shape, dtype=bool)
+    return out[0].clamp(0.0, 1.0).permute(1, 2, 0).float().cpu().numpy(), reached
+
+
+FAR_HOLE_METHODS = ("coarse", "passes")
+
+
+def fill_holes(
+    model: torch.nn.Module,
+    rgb: np.ndarray,
+    valid: np.ndarray,
+    device: str | torch.device | None = "cpu",
+    tile_size: int | None = None,
+    overlap: int = DEFAULT_OVERLAP,
+    *,
+    max_size: int = DEFAULT_MAX_SIZE,
+    progress: bool | None = False,
+    name: str = "image",
+    far_holes: str = "coarse",
+) -> np.ndarray:
+    """Predict every hole pixel of ``rgb`` (uint8 (H, W, 3)); returns uint8 (H, W, 3).
+
+    ``valid``: bool (H, W), True = keep; at least one pixel must be valid. The network runs
+    once at full resolution (padded, or in tiles, see :func:`inpaint_image`). Hole pixels it
+    could not reach (its last layer's mask is 0 there: with the CPU network, depth 5, those
+    more than about 79 px from any valid pixel) are then filled by ``far_holes``:
+
+    * ``"coarse"`` (default, the better of the two in ``benchmarks/bench_out_of_reach.py``):
+      the image is shrunk 2x (2x2 means of the valid pixels; a block with any valid pixel is
+      valid), filled by this same function (so again 2x smaller where still needed), and
+      its result upsampled (bilinear) into those pixels only;
+    * ``"passes"``: the network runs again with every pixel predicted so far counted as valid,
+      until none is left (each pass reaches at least the pixels next to a valid one: the last
+      layer is a 3x3 partial convolution that sees the input mask).
+
+    Pixels the full-resolution pass reached keep its prediction. Valid pixels of the returned
+    array equal ``rgb``'s.
+    """
+    if far_holes not in FAR_HOLE_METHODS:
+        raise ValueError(f"far_holes must be one of {FAR_HOLE_METHODS}, got {far_holes!r}")
+    if not valid.any():
+        raise InpaintingInputError(f"{name}: no valid pixel to inpaint from")
+    multiple = model_multiple(model)
+    device = resolve_device(device)
+    model.eval().to(device, memory_format=torch.channels_last)
+    height, width = rgb.shape[:2]
+    if tile_size is None and max(height, width) > max_size:
+        tile_size = max_size
+    tiled = tile_size is not None and max(height, width) > tile_size
+
+    def one_pass(image: np.ndarray, known: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if tiled:
+            return _predict_tiled(
+                model, image, known, device, multiple, int(tile_size), int(overlap),
+                progress, name,
+            )  # fmt: skip
+        ph, pw = _round_up(height, multiple), _round_up(width, multiple)
+        out, reach = _predict(
+            model, _reflect_pad(image, ph, pw), _reflect_pad(known, ph, pw), device
+        )
+        return out[:height, :width], reach[:height, :width]
+
+    current, known = rgb.copy(), valid.copy()
+    passes = 0
+    while not known.all():
+        passes += 1
+        prediction, reached = one_pass(current, known)
+        new = reached & ~known
+        if not new.any():  # cannot happen with a PConvUNet (see above); never loop forever
+            raise RuntimeError(f"{name}: pass {passes} filled no hole pixel")
+        current[new] = _to_uint8_image(prediction[new])
+        known |= new
+        if far_holes == "coarse" and not known.all():
+            small_rgb, small_valid = _shrink2(rgb, valid)
+            coarse = fill_holes(
+                model, small_rgb, small_valid, device, tile_size, overlap,
+                max_size=max_size, progress=progress, name=name, far_holes="coarse",
+            )  # fmt: skip
+            up = cv2.resize(
+                coarse.astype(np.float32) / 255.0,
+                (2 * coarse.shape[1], 2 * coarse.shape[0]),
+                interpolation=cv2.INTER_LINEAR,
+            )[:height, :width]
+            todo = ~known
+            current[todo] = _to_uint8_image(up[todo])
+            logger.info(
+                "%s: %d hole pixel(s) beyond the network's reach filled at 1/2 resolution "
+                "(or coarser)",
+                name,
+                int(todo.sum()),
+            )
+            known[:] = True
+    if passes > 1:
+        logger.info("%s: holes wider than the network's reach filled in %d passes", name, passes)
+    return current
+
+
+def _to_uint8_image(values: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(values * 255.0), 0, 255).astype(np.uint8)
+
+
+def _shrink2(rgb: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Half-size image and mask: each 2x2 block -> mean of its valid pixels, valid if any is.
+
+    Odd sides get one more row/column that counts as not valid. Returns uint8 (ceil(H/2),
+    ceil(W/2), 3) and bool.
+    """
+    height, width = valid.shape
+    h2, w2 = -(-height // 2), -(-width // 2)
+    weight = np.zeros((2 * h2, 2 * w2), dtype=np.float64)
+    weight[:height, :width] = valid
+    values = np.zeros((2 * h2, 2 * w2, 3), dtype=np.float64)
+    values[:height, :width] = rgb * weight[:height, :width, None]
+    count = weight.reshape(h2, 2, w2, 2).sum(axis=(1, 3))
+    total = values.reshape(h2, 2, w2, 2, 3).sum(axis=(1, 3))
+    small = np.where(count[:, :, None] > 0, total / np.maximum(count, 1)[:, :, None], 0.0)
+    return np.clip(np.rint(small), 0, 255).astype(np.uint8), count > 0
 
 
 def inpaint_image(
@@ -250,44 +560,34 @@ def inpaint_image(
     progress: bool | None = False,
     name: str = "image",
 ) -> np.ndarray:
-    """Fill the holes of ``image`` (uint8 (H, W, 3), any size) where ``mask`` is 0.
+    """Fill the holes of ``image`` (any size) where ``mask`` is 0.
 
-    ``tile_size``: process in overlapping tiles of this size (rounded up to a multiple of
-    ``2**depth``); when None, tiles of ``max_size`` are used only if a side exceeds
-    ``max_size``. ``overlap``: pixels shared by neighbouring tiles, blended linearly.
+    ``image``: PIL image or array (see :func:`load_image_input`); ``mask``: see
+    :func:`prepare_mask`. ``tile_size``: process in overlapping tiles of this size (rounded up
+    to a multiple of ``2**depth``); when None, tiles of ``max_size`` are used only if a side
+    exceeds ``max_size``. ``overlap``: pixels shared by neighbouring tiles, blended linearly.
     ``progress``: tqdm bar over tiles (None = only on a terminal).
-    Returns uint8 (H, W, 3) whose valid pixels equal the input's exactly. A mask without
-    holes returns the image unchanged; a mask without any valid pixel is refused.
+    Returns uint8 (H, W, 3) (or (H, W, 4) for an image with alpha, see
+    :func:`compose_output`) whose kept pixels equal the input's exactly and whose every hole
+    pixel is a prediction (:func:`fill_holes`). A mask without holes returns the image
+    unchanged; a mask without any valid pixel is refused (:class:`InpaintingInputError`).
+    Notes for the user (:class:`PreparedInputs`) are logged as warnings.
     The model is put in eval mode and moved to ``device`` in channels_last memory format.
     """
-    rgb = to_rgb_uint8(image, name=name)
-    valid = prepare_mask(mask, rgb.shape, threshold=threshold, invert=invert_mask, name=name)
-    if valid.all():
+    inputs = prepare_inputs(
+        image, mask, threshold=threshold, invert_mask=invert_mask, name=name, mask_name=name
+    )
+    for note in inputs.notes:
+        logger.warning("%s", note)
+    if inputs.valid.all():
         logger.info("%s: mask has no hole, image returned unchanged", name)
-        return rgb.copy()
-    if not valid.any():
-        raise InpaintingInputError(
-            f"{name}: mask has no valid pixel (everything is a hole); there is nothing to "
-            "inpaint from. Check the convention (white = keep, black = fill) or invert the mask"
-        )
-    multiple = model_multiple(model)
-    device = resolve_device(device)
-    model.eval().to(device, memory_format=torch.channels_last)
-
-    height, width = rgb.shape[:2]
-    if tile_size is None and max(height, width) > max_size:
-        tile_size = max_size
-    if tile_size is not None and max(height, width) > tile_size:
-        prediction = _predict_tiled(
-            model, rgb, valid, device, multiple, int(tile_size), int(overlap), progress, name
-        )
-    else:
-        ph, pw = _round_up(height, multiple), _round_up(width, multiple)
-        padded = _predict(model, _reflect_pad(rgb, ph, pw), _reflect_pad(valid, ph, pw), device)
-        prediction = padded[:height, :width]
-
-    filled = np.clip(np.rint(prediction * 255.0), 0, 255).astype(np.uint8)
-    return np.where(valid[:, :, None], rgb, filled)
+        return compose_output(inputs, inputs.rgb)
+    check_fillable(inputs, name)
+    filled = fill_holes(
+        model, inputs.rgb, inputs.valid, device, tile_size, overlap,
+        max_size=max_size, progress=progress, name=name,
+    )  # fmt: skip
+    return compose_output(inputs, filled)
 
 
 def _predict_tiled(
@@ -300,8 +600,12 @@ def _predict_tiled(
     overlap: int,
     progress: bool | None,
     name: str,
-) -> np.ndarray:
-    """Model output assembled from overlapping tiles, blended with linear ramps."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Model output assembled from overlapping tiles, blended with linear ramps.
+
+    Only tiles holding a hole pixel run; a tile's output counts only where the network reached
+    (its weight is 0 elsewhere). Returns float32 (H, W, 3) and bool (H, W) *reached*.
+    """
     tile = _round_up(max(tile_size, multiple), multiple)
     overlap = max(0, min(overlap, tile // 2))
     height, width = rgb.shape[:2]
@@ -322,12 +626,14 @@ def _predict_tiled(
         tile_valid = valid_p[y : y + th, x : x + tw]
         if tile_valid.all():
             continue  # no hole here: its pixels are copied from the input anyway
-        out = _predict(model, image_p[y : y + th, x : x + tw], tile_valid, device)
+        if not tile_valid.any():
+            continue  # wholly inside a hole: nothing to see yet (a later pass comes back)
+        out, reached = _predict(model, image_p[y : y + th, x : x + tw], tile_valid, device)
         wy = _ramp(th, overlap, first=y == ys[0], last=y == ys[-1])
         wx = _ramp(tw, overlap, first=x == xs[0], last=x == xs[-1])
-        w = wy[:, None] * wx[None, :]
+        w = wy[:, None] * wx[None, :] * reached
         acc[y : y + th, x : x + tw] += out * w[:, :, None]
         weight[y : y + th, x : x + tw] += w
-    # Pixels no processed tile covered are valid pixels: overwritten by the composite.
+    # Pixels no processed tile covered are valid pixels, or holes left for the next pass.
     prediction = acc / np.maximum(weight, 1e-12)[:, :, None]
-    return prediction[:height, :width]
+    return prediction[:height, :width], (weight > 0)[:height, :width]

@@ -7,32 +7,49 @@ Exit status: 0 done; 1 bad input or no usable model (message on stderr, no trace
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import sys
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NO_HOLE = 0, 1, 2, 3
-MODEL_DATASET_PATH = Path("data/06_models/pconv_unet.pt")
+MODEL_DATASET_PATH = Path("data/06_models/pconv_unet.safetensors")
+LEGACY_MODEL_DATASET_PATH = Path("data/06_models/pconv_unet.pt")
+# Output formats that keep every pixel exactly (WEBP is written in its lossless mode).
+LOSSLESS_SUFFIXES = frozenset({".png", ".tif", ".tiff", ".bmp", ".webp"})
+LOSSY_SUFFIXES = {
+    ".jpg": "JPEG re-compresses every pixel",
+    ".jpeg": "JPEG re-compresses every pixel",
+    ".gif": "GIF reduces the image to 256 colours",
+}
 
 _DESCRIPTION = """\
 Fill the holes of an aerial photograph with a trained partial-convolution U-Net.
 
 MASK is an image of the same size as IMAGE: white = keep the pixel, black = hole to
-fill (--invert-mask for the opposite). A mask with grey values is refused unless
---threshold is given. Any image size works; large images are processed in tiles.
-Valid pixels of OUT are exactly those of IMAGE."""
+fill (--invert-mask for the opposite, the convention of LaMa, Stable Diffusion UIs and
+SAM exports). A mask with grey values is refused unless --threshold is given. Both are
+read upright (EXIF orientation applied, as photo viewers show them). Transparent pixels
+are holes, in the mask and in the image; the image's alpha is kept in OUT (filled pixels
+become opaque). Any image size works; large images are processed in tiles, and every
+hole pixel gets a prediction, however far from the hole's edge. Valid pixels of OUT are
+exactly those of IMAGE: OUT must be a lossless format (PNG, TIFF, BMP, WEBP written
+lossless); JPEG and GIF are refused unless --allow-lossy is given."""
 
 _EPILOG = """\
 model: --model takes a model file written by the training pipeline
-(.../pconv_unet.pt), a directory of versions of it, a logged MLflow model directory, or
-an MLflow URI (runs:/<run_id>/model, models:/<name>/<version>). Without --model, the
-latest version under data/06_models/pconv_unet.pt/ of the Kedro project containing the
-current directory (or --project-dir) is used.
+(.../pconv_unet.safetensors), a directory of versions of it, a logged MLflow model
+directory, or an MLflow URI (runs:/<run_id>/model, models:/<name>/<version>), looked up
+in the project's MLflow store (or MLFLOW_TRACKING_URI). Without --model, the latest
+version under data/06_models/pconv_unet.safetensors/ of the Kedro project containing the
+current directory (or --project-dir) is used. Model files are read without running any
+code from them; old *.pt files: python -m aerial_inpainting.convert_model FILE.
 
 exit status: 0 done, 1 bad input or no usable model, 2 bad command line,
 3 the mask has no hole (OUT is a copy of IMAGE)."""
@@ -53,7 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("image", metavar="IMAGE", help="image to inpaint (PNG, JPEG, TIFF, ...)")
     parser.add_argument("mask", metavar="MASK", help="mask image: white = keep, black = fill")
     parser.add_argument(
-        "-o", "--output", metavar="OUT", required=True, help="where to write the result (PNG)"
+        "-o",
+        "--output",
+        metavar="OUT",
+        required=True,
+        help="where to write the result (PNG, TIFF, BMP or lossless WEBP; PNG without suffix)",
     )
     parser.add_argument("--model", metavar="PATH-or-URI", help="model file, folder or MLflow URI")
     parser.add_argument(
@@ -84,6 +105,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--project-dir", default=None, help="Kedro project to take the latest model from"
     )
+    parser.add_argument(
+        "--allow-lossy",
+        action="store_true",
+        help="allow a lossy OUT format (JPEG, GIF): every pixel, valid ones too, then changes",
+    )
+    parser.add_argument(
+        "--max-image-pixels",
+        type=_non_negative_int,
+        default=None,
+        metavar="N",
+        help="read images of up to N pixels (0 = no limit; default: Pillow's "
+        "decompression-bomb limit of about 179 million)",
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="only print errors")
     return parser
 
@@ -110,49 +144,56 @@ def _gray_level(text: str) -> int:
 
 
 # ------------------------------------------------------------------ files
-def read_image(path: str | Path, what: str = "image") -> np.ndarray:
-    """Read an image file as uint8 (H, W, 3) RGB, or raise CliError naming the file."""
+def read_picture(path: str | Path, what: str = "image"):
+    """Open and decode an image file (a PIL image, orientation not yet applied), or CliError."""
     from aerial_inpainting.imaging.io import ImageReadError, open_image
-    from aerial_inpainting.inference import InpaintingInputError, to_rgb_uint8
 
     path = Path(path)
     if not path.is_file():
         raise CliError(f"{what} {path}: file not found")
     try:
-        with open_image(path) as pil:
-            return to_rgb_uint8(pil, name=f"{what} {path}")
+        return open_image(path)
     except ImageReadError as exc:
         raise CliError(f"{what} {exc}") from exc
+
+
+def read_image(path: str | Path, what: str = "image") -> np.ndarray:
+    """Read an image file upright as uint8 (H, W, 3) RGB (alpha dropped), or raise CliError."""
+    from aerial_inpainting.inference import InpaintingInputError, load_image_input
+
+    try:
+        return load_image_input(read_picture(path, what), name=f"{what} {path}")[0]
     except InpaintingInputError as exc:
         raise CliError(str(exc)) from exc
 
 
-def read_mask(path: str | Path) -> np.ndarray:
-    """Read a mask file as a 2-D array of its gray levels (0-255), or raise CliError."""
-    from aerial_inpainting.imaging.io import ImageReadError, open_image
-
-    path = Path(path)
-    if not path.is_file():
-        raise CliError(f"mask {path}: file not found")
-    try:
-        with open_image(path) as pil:
-            gray = pil.convert("L") if pil.mode not in ("L",) else pil
-            return np.asarray(gray, dtype=np.uint8).copy()
-    except ImageReadError as exc:
-        raise CliError(f"mask {exc}") from exc
-    except (OSError, ValueError) as exc:
-        raise CliError(f"mask {path}: cannot convert to grayscale ({exc})") from exc
+def check_output_format(path: str | Path, allow_lossy: bool) -> None:
+    """Refuse an OUT whose format would change kept pixels, unless ``allow_lossy``."""
+    suffix = Path(path).suffix.lower()
+    if suffix in LOSSY_SUFFIXES and not allow_lossy:
+        raise CliError(
+            f"output {path}: {suffix} is a lossy format ({LOSSY_SUFFIXES[suffix]}), so the "
+            "valid pixels would not stay those of IMAGE; write .png (or .tif, .bmp, .webp), "
+            "or pass --allow-lossy to accept the change"
+        )
 
 
 def write_image(path: str | Path, image: np.ndarray) -> None:
-    """Write uint8 (H, W, 3) to ``path`` (format from the suffix; PNG when there is none)."""
+    """Write uint8 (H, W, 3|4) to ``path`` (format from the suffix; PNG when there is none).
+
+    WEBP is written in its lossless mode (colour of transparent pixels kept too).
+    """
     from PIL import Image
 
     path = Path(path)
     fmt = None if path.suffix else "PNG"
+    options = {"lossless": True, "exact": True} if path.suffix.lower() == ".webp" else {}
+    picture = Image.fromarray(image)
+    if path.suffix.lower() in (".jpg", ".jpeg") and picture.mode == "RGBA":
+        picture = picture.convert("RGB")  # JPEG has no alpha (only with --allow-lossy)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image).save(path, format=fmt)
+        picture.save(path, format=fmt, **options)
     except (OSError, ValueError, KeyError) as exc:
         raise CliError(f"output {path}: cannot write ({exc})") from exc
 
@@ -160,9 +201,9 @@ def write_image(path: str | Path, image: np.ndarray) -> None:
 # ------------------------------------------------------------------ model lookup
 def find_project_root(start: str | Path | None = None) -> Path | None:
     """The Kedro project (a folder with a pyproject.toml declaring [tool.kedro]) containing ``start``."""
-    from kedro.utils import find_kedro_project
+    from aerial_inpainting.project_paths import find_project
 
-    return find_kedro_project(Path(start or Path.cwd()).resolve())
+    return find_project(start)
 
 
 def latest_model_version(dataset_path: str | Path) -> Path | None:
@@ -181,18 +222,25 @@ def latest_model_version(dataset_path: str | Path) -> Path | None:
 
 
 def _checkpoint_in_mlflow_model(directory: Path) -> Path | None:
-    """The checkpoint stored inside a logged pyfunc model directory (``artifacts/*.pt``)."""
-    found = sorted(directory.glob("artifacts/**/*.pt")) or sorted(directory.rglob("*.pt"))
-    return found[0] if found else None
+    """The model file inside a logged pyfunc model directory (``artifacts/*.safetensors``;
+    ``*.pt`` of older runs, which the loader then reads without running code or refuses)."""
+    for pattern in ("*.safetensors", "*.pt"):
+        found = sorted(directory.glob(f"artifacts/**/{pattern}")) or sorted(
+            directory.rglob(pattern)
+        )
+        if found:
+            return found[0]
+    return None
 
 
 def _model_in_directory(directory: Path) -> Path | None:
     """A logged MLflow model, a folder holding the model file, or a versioned-dataset folder."""
     if (directory / "MLmodel").is_file():
         return _checkpoint_in_mlflow_model(directory)
-    direct = sorted(p for p in directory.glob("*.pt") if p.is_file())
-    if len(direct) == 1:
-        return direct[0]
+    for pattern in ("*.safetensors", "*.pt"):
+        direct = sorted(p for p in directory.glob(pattern) if p.is_file())
+        if len(direct) == 1:
+            return direct[0]
     return latest_model_version(directory)
 
 
@@ -205,12 +253,19 @@ def resolve_model_path(model: str | None, project_dir: str | Path | None = None)
                 "no trained model: not inside a Kedro project and no --model given; "
                 "pass --model PATH-or-URI or run from the project directory"
             )
-        dataset = root / MODEL_DATASET_PATH
+        dataset = Path(root) / MODEL_DATASET_PATH
         found = latest_model_version(dataset)
         if found is None:
+            legacy = latest_model_version(Path(root) / LEGACY_MODEL_DATASET_PATH)
+            hint = (
+                f" (an old-format model exists: {legacy}; convert it with "
+                f"`python -m aerial_inpainting.convert_model {legacy}` and pass --model)"
+                if legacy is not None
+                else ""
+            )
             raise CliError(
                 f"no trained model found in {dataset}; train one with `kedro run` "
-                "or pass --model PATH-or-URI"
+                f"or pass --model PATH-or-URI{hint}"
             )
         return found
     local = Path(model)
@@ -222,75 +277,155 @@ def resolve_model_path(model: str | None, project_dir: str | Path | None = None)
             raise CliError(f"model {local}: no model file found in this directory")
         return found
     if "://" in model or model.startswith(("runs:/", "models:/")):
-        return _download_mlflow_model(model)
+        return _download_mlflow_model(model, project_dir)
     raise CliError(f"model {model}: no such file or directory (nor an MLflow URI)")
 
 
-def _download_mlflow_model(uri: str) -> Path:
+def mlflow_tracking_uri(project_dir: str | Path | None = None) -> str:
+    """Where ``runs:/``/``models:/`` URIs are looked up, without creating any store.
+
+    A tracking URI set explicitly (``MLFLOW_TRACKING_URI``, or ``mlflow.set_tracking_uri``
+    in this process) wins; else the one the project's ``conf/`` declares (SQLite file under
+    the project root), for the project of ``project_dir`` or of the working directory. A
+    SQLite store file that does not exist is an error (MLflow would create an empty one).
+    """
+    from mlflow.tracking._tracking_service.utils import is_tracking_uri_set
+
+    from aerial_inpainting.project_paths import project_tracking_uri
+
+    if is_tracking_uri_set():
+        import mlflow
+
+        return mlflow.get_tracking_uri()
+    root = Path(project_dir) if project_dir else find_project_root()
+    if root is None:
+        raise CliError(
+            "an MLflow URI needs a tracking store: run inside the Kedro project, pass "
+            "--project-dir, or set MLFLOW_TRACKING_URI"
+        )
+    try:
+        uri = project_tracking_uri(root)
+    except Exception as exc:  # a broken conf/ of the project
+        raise CliError(f"project {root}: cannot read its MLflow configuration ({exc})") from exc
+    if uri is None:
+        raise CliError(f"project {root}: conf/ declares no MLflow tracking URI")
+    if uri.startswith("sqlite:///"):
+        store = Path(uri[len("sqlite:///") :])
+        if not store.is_file():
+            raise CliError(
+                f"no MLflow store at {store} (project {root}): train a model with `kedro run` "
+                "first, or set MLFLOW_TRACKING_URI"
+            )
+    return uri
+
+
+def _download_mlflow_model(uri: str, project_dir: str | Path | None = None) -> Path:
     """Fetch an MLflow artifact (a model file or a logged pyfunc model) to a temp folder."""
+    tracking_uri = mlflow_tracking_uri(project_dir)
     try:
         import mlflow
 
         target = Path(tempfile.mkdtemp(prefix="aerial-inpaint-"))
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(target)))
+        with _mlflow_tracking_uri(mlflow, tracking_uri):
+            local = Path(
+                mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(target))
+            )
     except Exception as exc:  # MLflow raises many exception types for bad URIs/servers
         raise CliError(f"model {uri}: cannot download from MLflow ({exc})") from exc
     if local.is_file():
         return local
     found = _model_in_directory(local)
     if found is None:
-        raise CliError(f"model {uri}: no model file (*.pt) in the downloaded artifacts")
+        raise CliError(f"model {uri}: no model file (*.safetensors) in the downloaded artifacts")
     return found
+
+
+class _mlflow_tracking_uri:
+    """Use ``uri`` as MLflow's tracking URI inside the block, then restore the previous one."""
+
+    def __init__(self, mlflow, uri: str) -> None:
+        self.mlflow, self.uri = mlflow, uri
+
+    def __enter__(self) -> None:
+        from mlflow.tracking._tracking_service import utils
+
+        self.previous = utils._tracking_uri
+        self.mlflow.set_tracking_uri(self.uri)
+
+    def __exit__(self, *exc) -> None:
+        from mlflow.tracking._tracking_service import utils
+
+        if self.previous is None:
+            utils._tracking_uri = None
+        else:
+            self.mlflow.set_tracking_uri(self.previous)
 
 
 def load_trained_model(path: Path):
     """Load a model file, or raise CliError (missing, corrupt, or not a model)."""
-    from aerial_inpainting.pconv.checkpoint import load_model
+    from aerial_inpainting.pconv.checkpoint import UnsafeModelFileError, load_model
 
     try:
-        return load_model(path, map_location="cpu")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", FutureWarning)
+            model = load_model(path, map_location="cpu")
+    except UnsafeModelFileError as exc:
+        raise CliError(str(exc)) from exc
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, EOFError) as exc:
         raise CliError(f"model {path}: cannot be loaded ({exc})") from exc
+    for warning in caught:
+        warnings.warn(str(warning.message), FutureWarning, stacklevel=2)
+    return model
 
 
 # ------------------------------------------------------------------ main
 def run(args: argparse.Namespace) -> int:
     """Do the work for parsed arguments; raise CliError on bad input."""
+    from aerial_inpainting.imaging.io import pillow_pixel_limit
     from aerial_inpainting.inference import (
         InpaintingInputError,
-        inpaint_image,
-        prepare_mask,
+        check_fillable,
+        compose_output,
+        fill_holes,
+        prepare_inputs,
         resolve_device,
     )
 
-    image = read_image(args.image)
-    raw_mask = read_mask(args.mask)
+    check_output_format(args.output, args.allow_lossy)
+    with pillow_pixel_limit(args.max_image_pixels):
+        picture = read_picture(args.image, "image")
+        mask_picture = read_picture(args.mask, "mask")
     label = str(args.mask)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            valid = prepare_mask(
-                raw_mask, image.shape, threshold=args.threshold, invert=args.invert_mask, name=label
-            )
-        except InpaintingInputError as exc:
-            hint = " (e.g. --threshold 128)" if "not binary" in str(exc) else ""
-            raise CliError(f"{exc} [image {args.image}]{hint}") from exc
-    for warning in caught:
-        _say(args, f"warning: {warning.message}")
+    try:
+        inputs = prepare_inputs(
+            picture,
+            mask_picture,
+            threshold=args.threshold,
+            invert_mask=args.invert_mask,
+            name=f"image {args.image}",
+            mask_name=label,
+            invert_hint="--invert-mask",
+        )
+    except InpaintingInputError as exc:
+        hint = " (e.g. --threshold 128)" if "not binary" in str(exc) else ""
+        raise CliError(f"{exc} [image {args.image}]{hint}") from exc
+    for note in inputs.notes:
+        _say(args, f"warning: {note}")
 
-    if valid.all():
-        write_image(args.output, image)
-        print(
-            f"aerial-inpaint: {label}: mask has no hole (no black pixel), nothing to do; "
+    if inputs.valid.all():
+        write_image(args.output, compose_output(inputs, inputs.rgb))
+        _say(
+            args,
+            f"{label}: mask has no hole (no black pixel), nothing to do; "
             f"{args.output} is an unchanged copy of {args.image}",
-            file=sys.stderr,
         )
         return EXIT_NO_HOLE
-    if not valid.any():
+    if not inputs.valid.any():
         raise CliError(
             f"{label}: mask has no valid pixel (all black = all hole), nothing to inpaint from; "
             "white = keep, black = fill (use --invert-mask for the opposite convention)"
         )
+    check_fillable(inputs)
     try:
         device = resolve_device(args.device)
     except RuntimeError as exc:
@@ -299,10 +434,10 @@ def run(args: argparse.Namespace) -> int:
     model = load_trained_model(model_path)
     _say(args, f"model: {model_path}")
     try:
-        result = inpaint_image(
+        filled = fill_holes(
             model,
-            image,
-            valid,
+            inputs.rgb,
+            inputs.valid,
             device=device,
             tile_size=args.tile_size,
             overlap=args.overlap,
@@ -316,9 +451,13 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(
             f"inference failed on {device}: {exc} (try --device cpu or --tile-size)"
         ) from exc
+    result = compose_output(inputs, filled)
+    if Path(args.output).suffix.lower() in LOSSY_SUFFIXES:
+        suffix = Path(args.output).suffix.lower()
+        _say(args, f"warning: {LOSSY_SUFFIXES[suffix]}: the valid pixels of OUT will differ")
     write_image(args.output, result)
-    hole = 1.0 - float(valid.mean())
-    _say(args, f"wrote {args.output} ({image.shape[1]}x{image.shape[0]}, {hole:.1%} filled)")
+    height, width = inputs.rgb.shape[:2]
+    _say(args, f"wrote {args.output} ({width}x{height}, {inputs.hole_ratio:.1%} filled)")
     return EXIT_OK
 
 
@@ -327,18 +466,42 @@ def _say(args: argparse.Namespace, message: str) -> None:
         print(f"aerial-inpaint: {message}", file=sys.stderr)
 
 
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """-q: only errors. Library warnings, logs below ERROR and MLflow's download bar are off
+    inside the block (everything is restored after it)."""
+    loggers = [logging.getLogger(name) for name in ("mlflow", "aerial_inpainting", "py.warnings")]
+    levels = [logger.level for logger in loggers]
+    previous_bar = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+        if previous_bar is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = previous_bar
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point; returns the exit status (argparse exits 2 on a bad command line)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="aerial-inpaint: %(message)s")
-    try:
-        return run(args)
-    except CliError as exc:
-        print(f"aerial-inpaint: error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    except KeyboardInterrupt:
-        print("aerial-inpaint: interrupted", file=sys.stderr)
-        return 130
+    with _quiet() if args.quiet else contextlib.nullcontext():
+        try:
+            return run(args)
+        except CliError as exc:
+            print(f"aerial-inpaint: error: {exc}", file=sys.stderr)
+            return EXIT_ERROR
+        except KeyboardInterrupt:
+            print("aerial-inpaint: interrupted", file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -6,7 +6,13 @@ Input: a pandas DataFrame, one row per image, with columns
   and RGBA converted), and
 * ``mask``: the mask as a base64-encoded PNG of the same size (white = keep, black = fill).
 
-Output: a DataFrame with one column ``inpainted``: the results as base64-encoded PNGs.
+Output: a DataFrame with one column ``inpainted``: the results as base64-encoded PNGs (RGBA
+when the image had an alpha channel).
+
+Rows go through :func:`aerial_inpainting.inference.inpaint_image`, the code path of
+``aerial-inpaint`` and the ``inpaint`` pipeline: EXIF orientation applied, transparent pixels
+are holes, every hole pixel filled. The network's weights are a safetensors artifact read
+without running code from it.
 
 Optional inference parameters (``params=`` / the ``"params"`` key of a REST request):
 ``invert_mask`` (bool, False), ``threshold`` (int 1-255, 128: grey masks are binarized there,
@@ -69,6 +75,10 @@ def decode_image_bytes(value: Any, what: str) -> Any:
     try:
         image = Image.open(io.BytesIO(value))
         image.load()
+    except Image.DecompressionBombError as exc:
+        from aerial_inpainting.imaging.io import too_large_reason
+
+        raise ValueError(f"{what}: {too_large_reason(exc)}") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ValueError(f"{what}: not a readable image ({exc})") from exc
     return image
@@ -143,6 +153,7 @@ def model_signature():
 
 def _pip_requirements() -> list[str]:
     import PIL
+    import safetensors
     import torch
 
     return [
@@ -151,6 +162,7 @@ def _pip_requirements() -> list[str]:
         f"numpy=={np.__version__}",
         f"pandas=={pd.__version__}",
         f"pillow=={PIL.__version__}",
+        f"safetensors=={safetensors.__version__}",
         "tqdm",
     ]
 
@@ -179,7 +191,7 @@ def log_pyfunc_model(
             from aerial_inpainting.pconv.checkpoint import save_model
 
             path = save_model(
-                Path(tmp) / "pconv_unet.pt", checkpoint, getattr(checkpoint, "extra", {})
+                Path(tmp) / "pconv_unet.safetensors", checkpoint, getattr(checkpoint, "extra", {})
             )
         if mlflow.active_run() is None:
             logger.warning("No active MLflow run: mlflow will start one to log the model")

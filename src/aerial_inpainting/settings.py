@@ -1,13 +1,13 @@
 """Project settings: the config loader, and the project's hooks."""
 
-from kedro.config import OmegaConfigLoader
-
-from aerial_inpainting.hooks import DataSourceHook
+from aerial_inpainting.hooks import DataSourceHook, ProjectRootHook
+from aerial_inpainting.project_paths import ProjectConfigLoader
 
 # kedro-mlflow registers its own hook through its plugin entry point.
-HOOKS = (DataSourceHook(),)
+HOOKS = (ProjectRootHook(), DataSourceHook())
 
-CONFIG_LOADER_CLASS = OmegaConfigLoader
+# OmegaConfigLoader, with mlflow.yml's relative sqlite:/// URIs under the project root.
+CONFIG_LOADER_CLASS = ProjectConfigLoader
 CONFIG_LOADER_ARGS = {
     "base_env": "base",
     "default_run_env": "local",

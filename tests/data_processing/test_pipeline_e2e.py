@@ -39,6 +39,7 @@ def test_pipeline_nodes_have_names_and_tags():
         "split_train_validation",
         "generate_test_masks",
         "generate_val_masks",
+        "generate_large_test_masks",
         "generate_train_masks",
         "plot_mask_examples",
     }

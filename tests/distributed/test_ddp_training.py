@@ -95,10 +95,8 @@ def test_only_rank_0_writes_checkpoints_in_the_single_process_format(two_process
     for key, value in model.state_dict().items():
         assert torch.equal(value, load("sync")[0]["state_dict"][key]), key
     # Same keys as a model file written by a single process.
-    save_model(tmp / "m.pt", model)
-    assert set(torch.load(tmp / "m.pt", weights_only=False)["state_dict"]) == set(
-        model.state_dict()
-    )
+    save_model(tmp / "m.safetensors", model)
+    assert set(load_model(tmp / "m.safetensors").state_dict()) == set(model.state_dict())
 
 
 @pytest.mark.parametrize("env", ["base", "gpu"])

@@ -10,9 +10,8 @@ import sys
 import mlflow
 import pandas as pd
 import pytest
-import torch
 
-from aerial_inpainting.pconv.checkpoint import list_checkpoints
+from aerial_inpainting.pconv.checkpoint import list_checkpoints, load_model
 from aerial_inpainting.pipelines.training.nodes import train_model
 
 from .conftest import GLOBAL_BATCH, tiny_catalog_inputs, tiny_params
@@ -58,7 +57,7 @@ def test_node_with_two_devices_logs_one_run_and_writes_one_checkpoint(tmp_path):
         assert sorted(steps) == [1, 2, 3, 4, 5], key
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_psnr")] == [2, 4, 5]
     assert len(client.list_artifacts(run.info.run_id, "training/grids")) == 3
-    assert {"model_files/pconv_unet.pt", "model_files/config.json"} <= {
+    assert {"model_files/pconv_unet.safetensors", "model_files/config.json"} <= {
         f.path for f in client.list_artifacts(run.info.run_id, "model_files")
     }
     (run_dir,) = [d for d in (tmp_path / "ck").iterdir() if d.is_dir()]
@@ -122,8 +121,8 @@ def test_torchrun_entry_point_trains_from_the_catalog(tmp_path, monkeypatch):
     assert sorted(steps) == [1, 2, 3, 4, 5]
     (run_dir,) = list((project / "data/06_models/checkpoints").iterdir())
     assert [step for step, _ in list_checkpoints(run_dir)] == [4, 5]  # keep_checkpoints: 2
-    (version,) = list((project / "data/06_models/pconv_unet.pt").iterdir())
-    saved = torch.load(version / "pconv_unet.pt", weights_only=False)
-    assert saved["config"]["depth"] == 2 and saved["extra"]["final_step"] == 5
+    (version,) = list((project / "data/06_models/pconv_unet.safetensors").iterdir())
+    saved = load_model(version / "pconv_unet.safetensors")
+    assert saved.config.depth == 2 and saved.extra["final_step"] == 5
     assert (project / "data/08_reporting/training_history.csv").is_file()
     assert (project / "data/08_reporting/loss_curve.png").stat().st_size > 0

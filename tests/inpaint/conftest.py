@@ -22,4 +22,4 @@ def tiny_model() -> PConvUNet:
 
 @pytest.fixture
 def model_file(tmp_path: Path, tiny_model: PConvUNet) -> Path:
-    return save_model(tmp_path / "models" / "pconv_unet.pt", tiny_model, {"note": "test"})
+    return save_model(tmp_path / "models" / "pconv_unet.safetensors", tiny_model, {"note": "test"})

@@ -70,11 +70,11 @@ def test_finds_the_latest_model_version_in_the_project(
 ):
     image_path, mask_path, image, mask = pair
     project = _fake_project(tmp_path / "project")
-    versions = project / "data" / "06_models" / "pconv_unet.pt"
-    old = versions / "2026-01-01T00.00.00.000Z" / "pconv_unet.pt"
+    versions = project / "data" / "06_models" / "pconv_unet.safetensors"
+    old = versions / "2026-01-01T00.00.00.000Z" / "pconv_unet.safetensors"
     old.parent.mkdir(parents=True)
     old.write_bytes(b"not a model")  # would fail to load if chosen
-    save_model(versions / "2026-02-01T00.00.00.000Z" / "pconv_unet.pt", tiny_model)
+    save_model(versions / "2026-02-01T00.00.00.000Z" / "pconv_unet.safetensors", tiny_model)
     monkeypatch.chdir(project)
     out = tmp_path / "found.png"
     code, err = _run(capsys, [image_path, mask_path, "-o", out])
@@ -87,7 +87,7 @@ def test_no_trained_model(tmp_path, pair, capsys, monkeypatch):
     image_path, mask_path, _, _ = pair
     monkeypatch.chdir(_fake_project(tmp_path / "empty_project"))
     code, err = _run(capsys, [image_path, mask_path, "-o", tmp_path / "x.png"])
-    assert code == 1 and "no trained model" in err and "pconv_unet.pt" in err
+    assert code == 1 and "no trained model" in err and "pconv_unet.safetensors" in err
     code, err = _run(
         capsys, [image_path, mask_path, "-o", tmp_path / "x.png", "--model", tmp_path / "nope.pt"]
     )
@@ -192,8 +192,8 @@ def test_model_may_be_a_folder(tmp_path, pair, model_file, tiny_model, capsys):
         capsys, [image_path, mask_path, "-o", tmp_path / "a.png", "--model", model_file.parent]
     )
     assert direct[0] == 0
-    versions = tmp_path / "versions" / "pconv_unet.pt"
-    save_model(versions / "2026-03-01T00.00.00.000Z" / "pconv_unet.pt", tiny_model)
+    versions = tmp_path / "versions" / "pconv_unet.safetensors"
+    save_model(versions / "2026-03-01T00.00.00.000Z" / "pconv_unet.safetensors", tiny_model)
     code, err = _run(capsys, [image_path, mask_path, "-o", tmp_path / "b.png", "--model", versions])
     assert code == 0 and "2026-03-01" in err
     np.testing.assert_array_equal(read_png(tmp_path / "a.png"), read_png(tmp_path / "b.png"))

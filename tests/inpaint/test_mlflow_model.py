@@ -105,3 +105,36 @@ def test_cli_takes_an_mlflow_uri(logged, tmp_path: Path, capsys):
     code = main([*args[:-1], f"runs:/{'0' * 32}/model"])
     err = capsys.readouterr().err
     assert code == 1 and "cannot download from MLflow" in err and "Traceback" not in err
+
+
+def test_cli_finds_the_run_in_the_project_store_from_a_subdirectory_quietly(
+    logged, tmp_path: Path, capfd, monkeypatch
+):
+    """No tracking URI set: ``runs:/`` resolves in the store of the project holding the cwd
+    (its conf's relative ``sqlite:///mlflow.db``, under the root); ``-q`` prints nothing,
+    MLflow's download bar included."""
+    import shutil
+
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    model, _, run_id = logged
+    store = Path(mlflow.get_tracking_uri().removeprefix("sqlite:///"))
+    project = store.parent  # the fixture's folder becomes a Kedro project around its store
+    repo = Path(__file__).resolve().parents[2]
+    if not (project / "pyproject.toml").exists():
+        shutil.copy2(repo / "pyproject.toml", project / "pyproject.toml")
+        shutil.copytree(repo / "conf" / "base", project / "conf" / "base")
+        (project / "sub" / "dir").mkdir(parents=True)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setattr(tracking_utils, "_tracking_uri", None)
+    monkeypatch.chdir(project / "sub" / "dir")
+    image, mask = smooth_image(21, 30), box_mask(21, 30, [(2, 3, 15, 20)])
+    image_path = write_png(tmp_path / "i.png", image)
+    mask_path = write_png(tmp_path / "m.png", mask * 255)
+    out = tmp_path / "o.png"
+    args = [str(image_path), str(mask_path), "-o", str(out), "--model", f"runs:/{run_id}/model"]
+    code = main([*args, "-q"])
+    captured = capfd.readouterr()
+    assert code == 0 and captured.err == "" and captured.out == "", captured.err
+    np.testing.assert_array_equal(read_png(out), inpaint_image(model, image, mask))
+    assert sorted(p.name for p in (project / "sub" / "dir").iterdir()) == []

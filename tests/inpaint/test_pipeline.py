@@ -38,7 +38,9 @@ def test_inpaint_pipeline_fills_images_and_lists_problems(kedro_project, kedro_r
     project = kedro_project
     _keep_only_inpaint_catalog(project)
     save_model(
-        project / "data/06_models/pconv_unet.pt/2026-01-01T00.00.00.000Z/pconv_unet.pt", tiny_model
+        project
+        / "data/06_models/pconv_unet.safetensors/2026-01-01T00.00.00.000Z/pconv_unet.safetensors",
+        tiny_model,
     )
     images_dir = project / "data/05_model_input/images"
     masks_dir = project / "data/05_model_input/masks"

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 
 from aerial_inpainting.pconv import checkpoint as ckpt
 from aerial_inpainting.pconv.unet import PConvUNet, UNetConfig
@@ -20,10 +22,14 @@ def _model(seed: int = 0) -> PConvUNet:
 
 def test_model_round_trip_rebuilds_same_network(tmp_path):
     model = _model()
-    path = ckpt.save_model(tmp_path / "m.pt", model, extra={"note": "x"})
-    raw = torch.load(path, weights_only=False)
-    assert raw["format"] == "aerial-inpainting/pconv-unet/1"
-    assert raw["config"] == {
+    path = ckpt.save_model(tmp_path / "m.safetensors", model, extra={"note": "x"})
+    with safe_open(str(path), framework="pt") as handle:  # a plain safetensors file
+        raw = handle.metadata()
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+    assert raw["format"] == "aerial-inpainting/pconv-unet/2"
+    assert json.loads(raw["extra"]) == {"note": "x"}
+    assert tensors.keys() == model.state_dict().keys()
+    assert json.loads(raw["config"]) == {
         "in_channels": 3,
         "out_channels": 3,
         "depth": 2,
@@ -134,4 +140,101 @@ def test_rng_state_round_trip(tmp_path):
     torch.manual_seed(99)
     ckpt.restore_rng_state(ckpt.load_checkpoint(path)["rng"])
     got = (random.random(), np.random.rand(), torch.rand(3))
+    assert got[0] == expected[0] and got[1] == expected[1] and torch.equal(got[2], expected[2])
+
+
+class _CreatesFile:
+    """Pickles to a call of ``open(path, "w")``: unpickling it would create ``path``."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_pickle_that_runs_code_is_refused_without_running_it(tmp_path):
+    target = tmp_path / "created_by_the_pickle.txt"
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "aerial-inpainting/pconv-unet/1", "payload": _CreatesFile(target)}, evil)
+    assert not target.exists()
+    with pytest.raises(
+        ckpt.UnsafeModelFileError, match=r"evil\.pt.*would run Python code.*convert"
+    ):
+        ckpt.load_model(evil)
+    with pytest.raises(ckpt.UnsafeModelFileError):
+        ckpt.load_checkpoint(evil)
+    assert not target.exists()
+
+
+def test_old_model_files_load_with_weights_only_and_a_conversion_hint(tmp_path):
+    model = _model(1)
+    old = tmp_path / "old.pt"
+    torch.save(
+        {
+            "format": "aerial-inpainting/pconv-unet/1",
+            "config": model.config.to_dict(),
+            "state_dict": model.state_dict(),
+            "extra": {"note": "old"},
+        },
+        old,
+    )
+    with pytest.warns(FutureWarning, match=r"python -m aerial_inpainting.convert_model .*old\.pt"):
+        loaded = ckpt.load_model(old)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[key]), key
+
+    from aerial_inpainting.convert_model import main
+
+    assert main([str(old), str(tmp_path / "new.safetensors")]) == 0
+    converted = ckpt.load_model(tmp_path / "new.safetensors")
+    assert converted.extra == {"note": "old"}
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, converted.state_dict()[key]), key
+
+
+def test_checkpoints_load_with_weights_only_and_keep_extra_entries(tmp_path):
+    """Numpy values are stored as plain numbers/tensors; floats, strings, nested dicts and
+    tensors added by the training loop (EMA weights, elapsed time) come back unchanged."""
+    ema = {"w": torch.arange(6.0).reshape(2, 3)}
+    state = {
+        "step": 3,
+        "fingerprint": "f",
+        "rng": ckpt.capture_rng_state(),
+        "history": [{"step": 1, "loss": np.float32(0.5)}],
+        "elapsed_seconds": 12.5,
+        "ema": ema,
+        "note": "x",
+        "array": np.arange(4, dtype=np.int16),
+    }
+    path = ckpt.save_checkpoint(tmp_path, state)
+    raw = torch.load(path, weights_only=True)  # what load_checkpoint does: no code run
+    assert raw["history"] == [{"step": 1, "loss": 0.5}]
+    assert raw["elapsed_seconds"] == 12.5 and raw["note"] == "x"
+    assert torch.equal(raw["ema"]["w"], ema["w"])
+    assert torch.equal(raw["array"], torch.arange(4, dtype=torch.int16))
+    with pytest.raises(TypeError, match=r"checkpoint\['bad'\] is a set"):
+        ckpt.save_checkpoint(tmp_path, {"step": 4, "fingerprint": "f", "bad": {1}})
+
+
+def test_checkpoints_of_the_earlier_format_still_resume(tmp_path):
+    """Before issue 14 the RNG states were Python's tuple and numpy's (str, ndarray, ...)
+    tuple: such checkpoints still load with weights_only=True and restore the generators."""
+    random.seed(3)
+    np.random.seed(3)
+    torch.manual_seed(3)
+    old_rng = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    path = tmp_path / "ckpt-000000002.pt"
+    torch.save(
+        {"format": ckpt.CHECKPOINT_FORMAT, "step": 2, "fingerprint": "f", "rng": old_rng}, path
+    )
+    expected = (random.random(), np.random.rand(), torch.rand(2))
+    random.seed(0)
+    np.random.seed(0)
+    ckpt.restore_rng_state(ckpt.load_checkpoint(path, expected_fingerprint="f")["rng"])
+    got = (random.random(), np.random.rand(), torch.rand(2))
     assert got[0] == expected[0] and got[1] == expected[1] and torch.equal(got[2], expected[2])

@@ -62,7 +62,7 @@ def test_train_model_logs_to_the_active_mlflow_run(tiny_inputs, make_params, tmp
     grids = {f.path for f in client.list_artifacts(run.info.run_id, "training/grids")}
     assert "training/grids/val_grid_step000000007.png" in grids and len(grids) == 3
     model_files = {f.path for f in client.list_artifacts(run.info.run_id, "model_files")}
-    assert {"model_files/pconv_unet.pt", "model_files/config.json"} <= model_files
+    assert {"model_files/pconv_unet.safetensors", "model_files/config.json"} <= model_files
     config = json.loads(
         (tmp_path / "art")
         .joinpath(run.info.run_id, "artifacts", "model_files", "config.json")
@@ -95,9 +95,9 @@ def test_trained_model_is_logged_as_a_pyfunc_that_inpaints(tiny_inputs, make_par
 
 def test_torch_model_dataset_versions_round_trip(tiny_inputs, make_params, tmp_path):
     model, _, _ = train_model(**tiny_inputs, params=make_params(steps_stage1=1, steps_stage2=0))
-    path = tmp_path / "06_models" / "pconv_unet.pt"
+    path = tmp_path / "06_models" / "pconv_unet.safetensors"
     TorchModelDataset(str(path), version=Version(None, "v1")).save(model)
-    assert (path / "v1" / "pconv_unet.pt").is_file()
+    assert (path / "v1" / "pconv_unet.safetensors").is_file()
     loaded = TorchModelDataset(str(path), version=Version(None, None)).load()
     assert loaded.config == model.config
     for key, value in model.state_dict().items():

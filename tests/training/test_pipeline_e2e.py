@@ -17,6 +17,7 @@ from kedro.framework.startup import bootstrap_project
 from kedro.io.core import Version
 
 from aerial_inpainting.datasets import MaskFolderDataset, TorchModelDataset
+from aerial_inpainting.pconv.checkpoint import load_model
 
 pytestmark = pytest.mark.slow
 
@@ -78,9 +79,11 @@ def test_training_run_logs_to_mlflow_and_beats_mean_fill(project, monkeypatch):
     _end_leftover_mlflow_runs()
 
     # --- catalog outputs
-    assert len(list((project / "data/06_models/pconv_unet.pt").iterdir())) == 1  # one version
+    assert (
+        len(list((project / "data/06_models/pconv_unet.safetensors").iterdir())) == 1
+    )  # one version
     model = TorchModelDataset(
-        str(project / "data/06_models/pconv_unet.pt"), Version(None, None)
+        str(project / "data/06_models/pconv_unet.safetensors"), Version(None, None)
     ).load()
     assert model.config.depth == 3 and not model.training
     history = pd.read_csv(project / "data/08_reporting/training_history.csv")
@@ -108,7 +111,7 @@ def test_training_run_logs_to_mlflow_and_beats_mean_fill(project, monkeypatch):
     }
     grids = [f.path for f in client.list_artifacts(run.info.run_id, "training/grids")]
     assert len(grids) == 2 and all(g.endswith(".png") for g in grids)
-    assert {"model_files/pconv_unet.pt", "model_files/config.json"} <= {
+    assert {"model_files/pconv_unet.safetensors", "model_files/config.json"} <= {
         f.path for f in client.list_artifacts(run.info.run_id, "model_files")
     }
 
@@ -165,8 +168,8 @@ def test_gpu_environment_runs_a_few_steps_on_the_cpu(project, monkeypatch):
     _end_leftover_mlflow_runs()
     history = pd.read_csv(project / "data/08_reporting/training_history.csv")
     assert history.step.tolist()[-1] == 3 and history.stage.tolist()[-1] == 2
-    versions = sorted((project / "data/06_models/pconv_unet.pt").iterdir())
-    model = torch.load(versions[-1] / "pconv_unet.pt", weights_only=False)
-    assert model["config"]["depth"] == 7 and model["config"]["base_channels"] == 64
+    versions = sorted((project / "data/06_models/pconv_unet.safetensors").iterdir())
+    model = load_model(versions[-1] / "pconv_unet.safetensors")
+    assert model.config.depth == 7 and model.config.base_channels == 64
     (ckpt_dir,) = list((project / "data/06_models/checkpoints_gpu").iterdir())
     assert [p.name for p in ckpt_dir.iterdir()] == ["ckpt-000000003.pt"]

@@ -9,19 +9,25 @@ Conversion rules (documented in the README, tested in tests/data_processing):
 * Palette (P) images are expanded through their palette.
 * CMYK uses Pillow's conversion (R = (255 - C) * (255 - K) / 255, ...).
 * 16-bit grayscale (I;16, I;16B, I) is scaled linearly: ``round(v * 255 / 65535)``.
+* EXIF ``Orientation`` is applied first (``ImageOps.exif_transpose``): pixels are stored the
+  way photo viewers show them.
+* Rasters above Pillow's decompression-bomb limit are refused as *too large* (the message
+  gives the limit and how to lift it: :func:`pillow_pixel_limit`), never as corrupt.
 * Other sizes are centre-cropped to a square and resized with Lanczos filtering.
   Images whose shorter side is below the target size are, by policy, skipped or upscaled.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff"})
 SMALL_IMAGE_POLICIES = ("skip", "upscale")
@@ -50,6 +56,43 @@ class DecodedImage:
     upscaled: bool = False
 
 
+def too_large_reason(exc: BaseException | None = None) -> str:
+    """Why a raster was refused by Pillow's decompression-bomb check, and how to lift it."""
+    limit = Image.MAX_IMAGE_PIXELS
+    size = f" ({exc})" if exc is not None else ""
+    shown = f"{2 * limit:,}" if limit else "none"
+    return (
+        f"image too large for Pillow's decompression-bomb limit of {shown} pixels{size}; "
+        "if you trust the file, raise the limit: --max-image-pixels N on the command line, "
+        "inpaint.max_image_pixels (0 = no limit) in the pipeline"
+    )
+
+
+@contextlib.contextmanager
+def pillow_pixel_limit(max_pixels: int | None) -> Iterator[None]:
+    """Within the block, Pillow refuses rasters above ``max_pixels`` (0 = no limit).
+
+    ``None`` keeps Pillow's default (``Image.MAX_IMAGE_PIXELS``: a warning above it, an error
+    above twice it). Pillow's setting is global: it is restored on exit.
+    """
+    previous = Image.MAX_IMAGE_PIXELS
+    if max_pixels is not None:
+        # Pillow raises above 2 * MAX_IMAGE_PIXELS; the warning between 1x and 2x is ignored here.
+        Image.MAX_IMAGE_PIXELS = (int(max_pixels) + 1) // 2 if max_pixels else None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """``image`` turned as its EXIF ``Orientation`` tag says (as photo viewers show it)."""
+    try:
+        return ImageOps.exif_transpose(image) or image
+    except (OSError, ValueError, SyntaxError, KeyError, TypeError):  # unreadable EXIF block
+        return image
+
+
 def _read_bytes(path: Path) -> bytes:
     try:
         data = path.read_bytes()
@@ -68,7 +111,9 @@ def _open_header(path: Path, data: bytes) -> Image.Image:
             return Image.open(io.BytesIO(data))
     except UnidentifiedImageError as exc:
         raise ImageReadError(path, "not a readable image (unknown or corrupt format)") from exc
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise ImageReadError(path, too_large_reason(exc)) from exc
+    except (OSError, SyntaxError, ValueError) as exc:
         raise ImageReadError(path, f"corrupt image header ({exc})") from exc
 
 
@@ -76,16 +121,22 @@ def _load(path: Path, image: Image.Image) -> Image.Image:
     """Fully decode with Pillow: truncated or corrupt data fail here."""
     try:
         image.load()
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise ImageReadError(path, too_large_reason(exc)) from exc
+    except (OSError, SyntaxError, ValueError) as exc:
         raise ImageReadError(path, f"corrupt or truncated image ({exc})") from exc
     return image
 
 
-def open_image(path: str | Path) -> Image.Image:
-    """Open and fully decode an image file, turning every failure into ImageReadError."""
+def open_image(path: str | Path, orient: bool = False) -> Image.Image:
+    """Open and fully decode an image file, turning every failure into ImageReadError.
+
+    ``orient``: apply the EXIF orientation (:func:`upright`).
+    """
     path = Path(path)
     data = _read_bytes(path)
-    return _load(path, _open_header(path, data))
+    image = _load(path, _open_header(path, data))
+    return upright(image) if orient else image
 
 
 def _composite_on_black(rgba: np.ndarray) -> np.ndarray:
@@ -160,7 +211,9 @@ def read_rgb_image(path: str | Path, size: int, small_images: str = "skip") -> D
             raise ImageReadError(
                 path, f"image smaller than the crop ({width}x{height} < {size}x{size})"
             )
-        rgb = to_rgb8(_load(path, image))
+        oriented = upright(_load(path, image))
+        width, height = oriented.size  # as displayed
+        rgb = to_rgb8(oriented)
     except (ValueError, OSError) as exc:
         if isinstance(exc, ImageReadError):
             raise

@@ -760,7 +760,7 @@ class _Window:
 
 class SnapshotWriter:
     """Saves the model (its EMA when there is one) when the run's wall time passes each of
-    ``cfg.snapshot_minutes``, and once at the end, as ``minute_<MMM.MM>_step_<N>.pt`` files in
+    ``cfg.snapshot_minutes``, and once at the end, as ``minute_<MMM.MM>_step_<N>.safetensors`` files in
     ``<snapshot_dir>/<fingerprint>/`` (rebuilt by :func:`~aerial_inpainting.pconv.checkpoint.load_model`;
     their ``extra`` holds ``minutes`` and ``step``): the points of a quality-against-time curve."""
 
@@ -781,7 +781,7 @@ class SnapshotWriter:
         due = [m for m in self.pending if minutes >= m]
         self.pending = [m for m in self.pending if minutes < m]
         if due or done:
-            name = f"minute_{minutes:06.2f}_step_{step:09d}.pt"
+            name = f"minute_{minutes:06.2f}_step_{step:09d}.safetensors"
             save_model(self.directory / name, model, extra={"minutes": minutes, "step": step})
             logger.info("Snapshot at %.1f min (step %d): %s", minutes, step, self.directory / name)
 

@@ -191,7 +191,7 @@ def train_multiprocess(
         job = WorkerJob(
             params=dict(params),
             bundle_dir=tmp,
-            result_path=str(Path(tmp) / "result.pt"),
+            result_path=str(Path(tmp) / "result.safetensors"),
             mlflow=mlflow_target,
             log_level=logging.getLevelName(logging.getLogger().getEffectiveLevel()),
         )

@@ -148,6 +148,17 @@ class PConvUNet(nn.Module):
     # ------------------------------------------------------------------ forward
     def forward(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """image (N, C, H, W) in [0, 1], mask (N, 1, H, W) with 1 = valid -> (N, out, H, W)."""
+        return self.forward_with_mask(image, mask)[0]
+
+    def forward_with_mask(
+        self, image: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Like :meth:`forward`, plus the last layer's updated mask (N, 1, H, W).
+
+        The mask is 1 where the output is a prediction and 0 where no valid pixel lies within
+        the network's reach: there the output is exactly 0 (the partial convolution's default),
+        not a prediction. Inference uses it to fill such pixels in further passes.
+        """
         self._check_inputs(image, mask)
         features = [image]
         masks = [mask.to(image.dtype) if not mask.is_floating_point() else mask]
@@ -165,4 +176,4 @@ class PConvUNet(nn.Module):
             x, m = conv.forward_upsampled(x, m, features.pop(), masks.pop())
             if j < n_dec - 1:
                 x = F.leaky_relu(norm(x), 0.2)
-        return x
+        return x, m

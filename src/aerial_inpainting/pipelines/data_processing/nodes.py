@@ -402,3 +402,30 @@ def plot_mask_examples(test_masks: dict[str, np.ndarray], test_mask_index: pd.Da
     )
     figure.tight_layout()
     return figure
+
+
+def generate_large_test_masks(
+    test_split: pd.DataFrame, image_size: int, params: dict[str, Any]
+) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
+    """A second evaluation mask set: one large compact hole per test image (issue 14).
+
+    Rectangles and blobs up to ``params["max_fraction"]`` of the side
+    (:mod:`aerial_inpainting.imaging.large_holes`), seeded by ``params["seed"]`` and the
+    image's position in ``test_split``. Returns masks (uint8 (size, size), 1 = valid) keyed by
+    ``large_<i>`` and their index (mask_id, image_id, kind, hole_ratio).
+    """
+    from aerial_inpainting.imaging.large_holes import large_hole_masks
+
+    masks, index = large_hole_masks(
+        test_split.image_id.astype(str).to_list(),
+        int(image_size),
+        seed=int(params["seed"]),
+        min_fraction=float(params["min_fraction"]),
+        max_fraction=float(params["max_fraction"]),
+    )
+    logger.info(
+        "Generated %d large-hole test masks: %s",
+        len(index),
+        dict(sorted(Counter(index["kind"]).items())),
+    )
+    return masks, index

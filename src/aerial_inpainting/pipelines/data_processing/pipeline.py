@@ -3,6 +3,7 @@
 from kedro.pipeline import Pipeline, node
 
 from aerial_inpainting.pipelines.data_processing.nodes import (
+    generate_large_test_masks,
     generate_test_masks,
     generate_train_masks,
     generate_val_masks,
@@ -53,6 +54,13 @@ def create_pipeline(**kwargs) -> Pipeline:
                 inputs=["test_split", "params:data_processing"],
                 outputs=["test_masks", "test_mask_index"],
                 name="generate_test_masks",
+                tags=[TAG, "masks"],
+            ),
+            node(
+                generate_large_test_masks,
+                inputs=["test_split", "params:data_processing.image_size", "params:large_holes"],
+                outputs=["test_masks_large", "test_mask_index_large"],
+                name="generate_large_test_masks",
                 tags=[TAG, "masks"],
             ),
             node(

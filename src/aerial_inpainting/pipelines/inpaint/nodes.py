@@ -2,14 +2,17 @@
 
 Images in ``data/05_model_input/images`` are paired with the mask of the same file stem in
 ``data/05_model_input/masks`` (``a/b.jpg`` <-> ``a/b.png``). Pairs that cannot be processed
-(no mask, unreadable file, size mismatch, mask without any valid pixel) are skipped with a
-warning and listed in the report, or stop the run when ``fail_on_error`` is true.
+(no mask, unreadable file, raster too large, size mismatch, mask without any valid pixel)
+are skipped with a warning and listed in the report, or stop the run when ``fail_on_error``
+is true. Reading, filling and composing are :mod:`aerial_inpainting.inference`'s, shared
+with ``aerial-inpaint`` and the MLflow model (EXIF orientation, transparency, every hole
+pixel filled); its notes (thresholded mask, hole ratio suggesting an inverted mask,
+transparent no-data) go to the log and the report's ``message`` column.
 """
 
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Callable, Mapping
 from pathlib import PurePosixPath
 from typing import Any
@@ -17,15 +20,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from kedro.io.core import DatasetError
 from PIL import Image
 from tqdm.auto import tqdm
 
+from aerial_inpainting.imaging.io import pillow_pixel_limit, too_large_reason
 from aerial_inpainting.inference import (
     InpaintingInputError,
-    inpaint_image,
-    prepare_mask,
+    check_fillable,
+    compose_output,
+    fill_holes,
+    prepare_inputs,
     resolve_device,
-    to_rgb_uint8,
 )
 
 logger = logging.getLogger(__name__)
@@ -70,12 +76,16 @@ def _load(loader: Callable[[], Any] | Any) -> Any:
     return loader() if callable(loader) else loader
 
 
-def _load_mask(loader: Callable[[], Any] | Any) -> Any:
-    """A mask partition as an array of gray levels (PIL images converted to 8-bit gray)."""
-    mask = _load(loader)
-    if isinstance(mask, Image.Image):
-        return np.asarray(mask.convert("L") if mask.mode != "L" else mask, dtype=np.uint8)
-    return np.asarray(mask)
+def _load_picture(loader: Callable[[], Any] | Any, what: str) -> Any:
+    """A partition's image; Pillow's decompression-bomb refusal becomes a 'too large' error."""
+    try:
+        return _load(loader)
+    except Image.DecompressionBombError as exc:
+        raise InpaintingInputError(f"{what}: {too_large_reason(exc)}") from exc
+    except DatasetError as exc:  # Kedro wraps what the dataset raised
+        if isinstance(exc.__cause__, Image.DecompressionBombError):
+            raise InpaintingInputError(f"{what}: {too_large_reason(exc.__cause__)}") from exc
+        raise
 
 
 def _row(image_id: str, image_file: str | None, mask_file: str | None, **fields: Any) -> dict:
@@ -139,47 +149,53 @@ def inpaint_images(
             )
             continue
         try:
-            image = to_rgb_uint8(_load(images[image_file]), name=f"image {image_file}")
-            raw_mask = _load_mask(masks[mask_file])
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                valid = prepare_mask(
-                    raw_mask,
-                    image.shape,
-                    threshold=threshold,
-                    invert=bool(params.get("invert_mask", False)),
-                    name=f"mask {mask_file}",
-                )
-            notes = [str(w.message) for w in caught]
+            with pillow_pixel_limit(params.get("max_image_pixels")):
+                picture = _load_picture(images[image_file], f"image {image_file}")
+                mask_picture = _load_picture(masks[mask_file], f"mask {mask_file}")
+            inputs = prepare_inputs(
+                picture,
+                mask_picture,
+                threshold=threshold,
+                invert_mask=bool(params.get("invert_mask", False)),
+                name=f"image {image_file}",
+                mask_name=f"mask {mask_file}",
+                invert_hint="inpaint.invert_mask: true",
+            )
+            notes = list(inputs.notes)
             for note in notes:
                 logger.warning("inpaint: %s", note)
-            result = inpaint_image(
-                model,
-                image,
-                valid,
-                device=device,
-                tile_size=params.get("tile_size"),
-                overlap=int(params.get("overlap", 64)),
-                max_size=int(params.get("max_size", 1024)),
-                name=str(image_file),
-            )
+            if inputs.valid.all():
+                filled = inputs.rgb
+            else:
+                check_fillable(inputs, f"mask {mask_file}")
+                filled = fill_holes(
+                    model,
+                    inputs.rgb,
+                    inputs.valid,
+                    device=device,
+                    tile_size=params.get("tile_size"),
+                    overlap=int(params.get("overlap", 64)),
+                    max_size=int(params.get("max_size", 1024)),
+                    name=str(image_file),
+                )
+            result = compose_output(inputs, filled)
         except (InpaintingInputError, OSError, ValueError) as exc:
             rows.append(_row(key, image_file, mask_file, status="skipped", message=str(exc)))
             continue
-        hole_ratio = float(1.0 - valid.mean())
+        hole_ratio = inputs.hole_ratio
         if hole_ratio == 0.0:
             notes.append("mask has no hole: image copied unchanged")
         results[key] = Image.fromarray(result)
         previews[key] = preview_strip(
-            image, valid, result, int(params.get("preview_max_height", 256))
+            inputs.rgb, inputs.valid, result[:, :, :3], int(params.get("preview_max_height", 256))
         )
         rows.append(
             _row(
                 key,
                 image_file,
                 mask_file,
-                width=image.shape[1],
-                height=image.shape[0],
+                width=inputs.rgb.shape[1],
+                height=inputs.rgb.shape[0],
                 hole_ratio=round(hole_ratio, 6),
                 status="inpainted" if hole_ratio > 0 else "unchanged",
                 message="; ".join(notes),

@@ -36,6 +36,7 @@ from aerial_inpainting.pconv.train import (
 )
 from aerial_inpainting.pconv.train_distributed import MlflowTarget, train_multiprocess
 from aerial_inpainting.pconv.unet import PConvUNet
+from aerial_inpainting.project_paths import resolve_in_project
 
 logger = logging.getLogger(__name__)
 
@@ -128,8 +129,13 @@ def train_model(
     """Train the partial-conv U-Net (resuming from the latest checkpoint when allowed).
 
     Returns the model (CPU, eval mode), the history table (one row per logged step) and the
-    loss-curve figure.
+    loss-curve figure. Relative ``checkpoint_dir``/``grid_dir`` resolve against the Kedro
+    project root, not the working directory (``kedro run`` from a subdirectory).
     """
+    params = {
+        **params,
+        **{k: resolve_in_project(params[k]) for k in ("checkpoint_dir", "grid_dir") if k in params},
+    }
     cfg = TrainConfig.from_params(params)
     data = build_training_data(
         images, train_split, val_split, train_masks, val_masks, val_mask_index, cfg=cfg,
@@ -181,7 +187,7 @@ def _log_model(mlflow, model: PConvUNet, cfg: TrainConfig, info: Mapping[str, An
 
     with tempfile.TemporaryDirectory() as tmp:
         path = save_model(
-            Path(tmp) / "pconv_unet.pt", model, extra={"fingerprint": info["fingerprint"]}
+            Path(tmp) / "pconv_unet.safetensors", model, extra={"fingerprint": info["fingerprint"]}
         )
         (Path(tmp) / "config.json").write_text(config_json(model, cfg, info))
         mlflow.log_artifact(str(path), artifact_path=MODEL_FILES_ARTIFACT)
