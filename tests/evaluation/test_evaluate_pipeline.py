@@ -17,6 +17,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from aerial_inpainting.evaluation import baselines
 from aerial_inpainting.imaging.buckets import bucket_of
 from aerial_inpainting.pconv.unet import PConvUNet, UNetConfig
+from aerial_inpainting.pipelines.data_processing.nodes import generate_large_test_masks
 from aerial_inpainting.pipelines.evaluate import nodes
 
 SIZE = 32
@@ -171,6 +172,11 @@ def test_evaluate_pipeline_end_to_end(kedro_project: Path, capsys: pytest.Captur
         catalog.save("test_split", split)
         catalog.save("test_masks", masks)
         catalog.save("test_mask_index", index)
+        large_masks, large_index = generate_large_test_masks(
+            split, SIZE, {"seed": 5, "min_fraction": 0.25, "max_fraction": 0.5, "n_images": 5}
+        )
+        catalog.save("test_masks_large", large_masks)
+        catalog.save("test_mask_index_large", large_index)
 
     # Without a trained model: a message naming the command that makes one.
     with pytest.raises(DatasetError, match=r"No trained model found: run `kedro run`"):
@@ -218,6 +224,16 @@ def test_evaluate_pipeline_end_to_end(kedro_project: Path, capsys: pytest.Captur
     assert run.data.metrics["evaluate.model.psnr_mean"] == pytest.approx(model_psnr.mean())
     assert run.data.metrics["evaluate.telea.ssim_mean"] == pytest.approx(
         summary.query("method == 'telea' and group_type == 'overall'")["ssim_mean"].iloc[0]
+    )
+    # The large-hole masks: their own rows (summary files, MLflow metrics), 5 sampled images.
+    large = pd.read_csv(
+        next((reporting / "large_holes" / "evaluation_per_image.csv").iterdir())
+        / "evaluation_per_image.csv"
+    )
+    assert sorted(large.loc[large.method == "model", "mask_id"]) == sorted(large_index.mask_id)
+    assert len(large_index) == 5 and set(large_index.image_id) <= set(split.image_id)
+    assert run.data.metrics["evaluate_large_holes.model.psnr_mean"] == pytest.approx(
+        large.loc[large.method == "model", "psnr"].mean()
     )
     artefacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
     assert {

@@ -411,11 +411,17 @@ def generate_large_test_masks(
 
     Rectangles and blobs up to ``params["max_fraction"]`` of the side
     (:mod:`aerial_inpainting.imaging.large_holes`), seeded by ``params["seed"]`` and the
-    image's position in ``test_split``. Returns masks (uint8 (size, size), 1 = valid) keyed by
-    ``large_<i>`` and their index (mask_id, image_id, kind, hole_ratio).
+    image's position in ``test_split``, for a seeded sample of ``params["n_images"]`` test images
+    (null: all). Returns masks (uint8 (size, size), 1 = valid) keyed by ``large_<i>`` and their
+    index (mask_id, image_id, kind, hole_ratio, bucket).
     """
     from aerial_inpainting.imaging.large_holes import large_hole_masks
 
+    n_images = params["n_images"]
+    if n_images is not None and int(n_images) < len(test_split):
+        # A seeded sample keeps the second evaluation cheap; its rows stay in test-split order.
+        rng = np.random.default_rng([int(params["seed"]), 2**31])
+        test_split = test_split.iloc[np.sort(rng.permutation(len(test_split))[: int(n_images)])]
     masks, index = large_hole_masks(
         test_split.image_id.astype(str).to_list(),
         int(image_size),
@@ -423,6 +429,7 @@ def generate_large_test_masks(
         min_fraction=float(params["min_fraction"]),
         max_fraction=float(params["max_fraction"]),
     )
+    index["bucket"] = [bucket_of(r) for r in index["hole_ratio"]]
     logger.info(
         "Generated %d large-hole test masks: %s",
         len(index),

@@ -21,13 +21,16 @@ from .nodes import (
 TAGS = ["evaluate"]
 
 
-def create_pipeline(**kwargs) -> Pipeline:
-    """Prepare -> predict -> score -> summarise / plot -> headline."""
+LARGE_HOLES = "large_holes"
+
+
+def _scoring(masks: str, mask_index: str) -> Pipeline:
+    """Prepare -> predict -> score -> summarise, on the test split with one set of masks."""
     return pipeline(
         [
             node(
                 prepare_evaluation_set,
-                inputs=["test_split", "test_mask_index", "test_masks"],
+                inputs=["test_split", mask_index, masks],
                 outputs=["evaluation_set", "evaluation_masks"],
                 name="prepare_evaluation_set",
                 tags=TAGS,
@@ -59,33 +62,53 @@ def create_pipeline(**kwargs) -> Pipeline:
                 name="summarise_evaluation",
                 tags=TAGS,
             ),
-            node(
-                plot_evaluation,
-                inputs="evaluation_per_image",
-                outputs="metrics_vs_hole_ratio",
-                name="plot_evaluation",
-                tags=TAGS,
-            ),
-            node(
-                plot_evaluation_examples,
-                inputs=[
-                    "images",
-                    "evaluation_set",
-                    "evaluation_masks",
-                    "model_outputs",
-                    "evaluation_per_image",
-                    "params:evaluate",
-                ],
-                outputs="evaluation_examples",
-                name="plot_evaluation_examples",
-                tags=TAGS,
-            ),
-            node(
-                report_headline,
-                inputs="evaluation_summary",
-                outputs=None,
-                name="report_headline",
-                tags=TAGS,
-            ),
         ]
+    )
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    """Prepare -> predict -> score -> summarise / plot -> headline on the test masks, and the
+    same scoring, as its own rows, on the large-hole test masks (namespace ``large_holes``)."""
+    large_holes = pipeline(
+        _scoring("test_masks_large", "test_mask_index_large"),
+        namespace=LARGE_HOLES,
+        inputs={"test_split", "test_masks_large", "test_mask_index_large", "model", "images"},
+        parameters={"params:evaluate"},
+        tags=[LARGE_HOLES],
+    )
+    return (
+        large_holes
+        + _scoring("test_masks", "test_mask_index")
+        + pipeline(
+            [
+                node(
+                    plot_evaluation,
+                    inputs="evaluation_per_image",
+                    outputs="metrics_vs_hole_ratio",
+                    name="plot_evaluation",
+                    tags=TAGS,
+                ),
+                node(
+                    plot_evaluation_examples,
+                    inputs=[
+                        "images",
+                        "evaluation_set",
+                        "evaluation_masks",
+                        "model_outputs",
+                        "evaluation_per_image",
+                        "params:evaluate",
+                    ],
+                    outputs="evaluation_examples",
+                    name="plot_evaluation_examples",
+                    tags=TAGS,
+                ),
+                node(
+                    report_headline,
+                    inputs="evaluation_summary",
+                    outputs=None,
+                    name="report_headline",
+                    tags=TAGS,
+                ),
+            ]
+        )
     )
