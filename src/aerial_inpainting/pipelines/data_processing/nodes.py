@@ -333,37 +333,37 @@ def _make_masks(
     return masks, ids, ratios, buckets
 
 
-def generate_test_masks(
-    test_split: pd.DataFrame, params: dict[str, Any]
+def _masks_for_split(
+    split: pd.DataFrame, prefix: str, stream: int, params: dict[str, Any]
 ) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
-    """One fixed mask per test image; hole ratios spread evenly over the six buckets."""
-    masks, ids, ratios, buckets = _make_masks("test", len(test_split), TEST_STREAM, params)
+    """One fixed mask per image of ``split`` from its own random stream, buckets balanced."""
+    masks, ids, ratios, buckets = _make_masks(prefix, len(split), stream, params)
     index = pd.DataFrame(
         {
             "mask_id": ids,
-            "image_id": test_split.image_id.to_list(),
+            "image_id": split.image_id.to_list(),
             "hole_ratio": ratios,
             "bucket": buckets,
         }
     )
-    logger.info("Generated %d test masks: %s", len(index), dict(sorted(Counter(buckets).items())))
+    logger.info(
+        "Generated %d %s masks: %s", len(index), prefix, dict(sorted(Counter(buckets).items()))
+    )
     return masks, index
+
+
+def generate_test_masks(
+    test_split: pd.DataFrame, params: dict[str, Any]
+) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
+    """One fixed mask per test image; hole ratios spread evenly over the six buckets."""
+    return _masks_for_split(test_split, "test", TEST_STREAM, params)
 
 
 def generate_val_masks(
     val_split: pd.DataFrame, params: dict[str, Any]
 ) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
     """One fixed mask per validation image, like the test masks but from their own stream."""
-    masks, ids, ratios, buckets = _make_masks("val", len(val_split), VAL_STREAM, params)
-    index = pd.DataFrame(
-        {
-            "mask_id": ids,
-            "image_id": val_split.image_id.to_list(),
-            "hole_ratio": ratios,
-            "bucket": buckets,
-        }
-    )
-    return masks, index
+    return _masks_for_split(val_split, "val", VAL_STREAM, params)
 
 
 def generate_train_masks(params: dict[str, Any]) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
