@@ -172,11 +172,12 @@ def test_evaluate_pipeline_end_to_end(kedro_project: Path, capsys: pytest.Captur
         catalog.save("test_split", split)
         catalog.save("test_masks", masks)
         catalog.save("test_mask_index", index)
-        large_masks, large_index = generate_large_test_masks(
+        large_masks, large_index, large_split = generate_large_test_masks(
             split, SIZE, {"seed": 5, "min_fraction": 0.25, "max_fraction": 0.5, "n_images": 5}
         )
         catalog.save("test_masks_large", large_masks)
         catalog.save("test_mask_index_large", large_index)
+        catalog.save("test_split_large", large_split)
 
     # Without a trained model: a message naming the command that makes one.
     with pytest.raises(DatasetError, match=r"No trained model found: run `kedro run`"):
@@ -262,3 +263,30 @@ def test_predict_images_equals_a_direct_forward_pass(channels_last: bool) -> Non
     diff = np.abs(got.astype(int) - want.permute(0, 2, 3, 1).numpy().astype(int))
     assert diff.max() <= 1  # float32 against float64: a rounding step at most
     assert (diff == 0).mean() > 0.99
+
+
+def test_holes_beyond_the_networks_reach_are_predicted_not_left_black() -> None:
+    """A hole wider than the network's reach: its middle pixels get the shared inference
+    path's prediction (issue 14), never the partial convolution's default 0."""
+    from aerial_inpainting.inference import fill_holes
+
+    model = _tiny_model()
+    rng = np.random.default_rng(0)
+    size = 96
+    images = rng.integers(40, 220, size=(2, size, size, 3), dtype=np.uint8)
+    masks = np.ones((2, size, size), dtype=bool)
+    masks[0, 3:93, 3:93] = False  # wider than a depth-3 network reaches
+    masks[1, 10:14, 10:14] = False  # within reach
+    with torch.no_grad():
+        x = torch.from_numpy(images[:1]).permute(0, 3, 1, 2).float() / 255
+        m = torch.from_numpy(masks[:1, None]).float()
+        _, reach = model.forward_with_mask(x * m, m)
+    assert (reach[0].amax(0) == 0).any()  # the case is real: some hole pixels are unreached
+    outputs = nodes.predict_images(model, images, masks, torch.device("cpu"), 2, progress=False)
+    np.testing.assert_array_equal(
+        outputs[0], fill_holes(model, images[0], masks[0], torch.device("cpu"))
+    )
+    direct = nodes.predict_images(
+        model, images[1:], masks[1:], torch.device("cpu"), 1, progress=False
+    )
+    np.testing.assert_array_equal(outputs[1], direct[0])  # reached images: the plain forward pass

@@ -406,14 +406,14 @@ def plot_mask_examples(test_masks: dict[str, np.ndarray], test_mask_index: pd.Da
 
 def generate_large_test_masks(
     test_split: pd.DataFrame, image_size: int, params: dict[str, Any]
-) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
+) -> tuple[dict[str, np.ndarray], pd.DataFrame, pd.DataFrame]:
     """A second evaluation mask set: one large compact hole per test image (issue 14).
 
     Rectangles and blobs up to ``params["max_fraction"]`` of the side
     (:mod:`aerial_inpainting.imaging.large_holes`), seeded by ``params["seed"]`` and the
     image's position in ``test_split``, for a seeded sample of ``params["n_images"]`` test images
-    (null: all). Returns masks (uint8 (size, size), 1 = valid) keyed by ``large_<i>`` and their
-    index (mask_id, image_id, kind, hole_ratio, bucket).
+    (null: all). Returns masks (uint8 (size, size), 1 = valid) keyed by ``large_<i>``, their
+    index (mask_id, image_id, kind, hole_ratio, bucket) and the sampled rows of ``test_split``.
     """
     from aerial_inpainting.imaging.large_holes import large_hole_masks
 
@@ -435,4 +435,4 @@ def generate_large_test_masks(
         len(index),
         dict(sorted(Counter(index["kind"]).items())),
     )
-    return masks, index
+    return masks, index, test_split.reset_index(drop=True)

@@ -59,7 +59,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             node(
                 generate_large_test_masks,
                 inputs=["test_split", "params:data_processing.image_size", "params:large_holes"],
-                outputs=["test_masks_large", "test_mask_index_large"],
+                outputs=["test_masks_large", "test_mask_index_large", "test_split_large"],
                 name="generate_large_test_masks",
                 tags=[TAG, "masks"],
             ),

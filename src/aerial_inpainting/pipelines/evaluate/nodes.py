@@ -23,6 +23,7 @@ from aerial_inpainting.evaluation import baselines as bl
 from aerial_inpainting.evaluation import report
 from aerial_inpainting.evaluation.perceptual import lpips_available
 from aerial_inpainting.evaluation.scoring import Chunk, resolve_workers, score_chunks
+from aerial_inpainting.inference import fill_holes
 from aerial_inpainting.pconv.tta import dihedral_mean
 
 logger = logging.getLogger(__name__)
@@ -139,6 +140,10 @@ def predict_images(
 
     ``tta``: the mean output over the eight flips and quarter turns
     (:func:`aerial_inpainting.pconv.tta.dihedral_mean`, eight times the compute).
+    An image with hole pixels beyond the network's reach (its last layer's mask is 0 there and
+    its output a default 0, not a prediction) is predicted instead by the inference path that
+    every entry point shares (:func:`aerial_inpainting.inference.fill_holes`), so that no hole
+    is scored as black.
 
     ``images`` uint8 (N, H, W, 3) (a memory map is read batch by batch), ``masks`` (N, H, W)
     with True = valid. Hole pixels of the input are zeroed before the model sees them.
@@ -167,9 +172,19 @@ def predict_images(
             m = torch.from_numpy(masks[start:stop]).to(device).float()[:, None]
             x = (x * m).contiguous(memory_format=memory_format)
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                out = dihedral_mean(model, x, m) if tta else model(x, m)
+                if hasattr(model, "forward_with_mask"):
+                    out, reach = model.forward_with_mask(x, m)
+                    unreached = ((reach.amax(dim=1) <= 0) & (m[:, 0] <= 0)).flatten(1).any(1)
+                else:  # stand-ins without reach information
+                    out, unreached = model(x, m), torch.zeros(len(x), dtype=torch.bool)
+                if tta:
+                    out = dihedral_mean(model, x, m)
             out = out.float().clamp_(0.0, 1.0).mul_(255.0).round_().to(torch.uint8)
             outputs[start:stop] = out.permute(0, 2, 3, 1).cpu().numpy()
+            for k in torch.nonzero(unreached.cpu()).flatten().tolist():
+                outputs[start + k] = fill_holes(
+                    model, np.asarray(images[start + k]), masks[start + k].astype(bool), device
+                )
     return outputs
 
 

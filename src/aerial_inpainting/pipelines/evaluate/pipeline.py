@@ -24,13 +24,13 @@ TAGS = ["evaluate"]
 LARGE_HOLES = "large_holes"
 
 
-def _scoring(masks: str, mask_index: str) -> Pipeline:
-    """Prepare -> predict -> score -> summarise, on the test split with one set of masks."""
+def _scoring(split: str, masks: str, mask_index: str) -> Pipeline:
+    """Prepare -> predict -> score -> summarise, on (part of) the test split with its masks."""
     return pipeline(
         [
             node(
                 prepare_evaluation_set,
-                inputs=["test_split", mask_index, masks],
+                inputs=[split, mask_index, masks],
                 outputs=["evaluation_set", "evaluation_masks"],
                 name="prepare_evaluation_set",
                 tags=TAGS,
@@ -70,15 +70,15 @@ def create_pipeline(**kwargs) -> Pipeline:
     """Prepare -> predict -> score -> summarise / plot -> headline on the test masks, and the
     same scoring, as its own rows, on the large-hole test masks (namespace ``large_holes``)."""
     large_holes = pipeline(
-        _scoring("test_masks_large", "test_mask_index_large"),
+        _scoring("test_split_large", "test_masks_large", "test_mask_index_large"),
         namespace=LARGE_HOLES,
-        inputs={"test_split", "test_masks_large", "test_mask_index_large", "model", "images"},
+        inputs={"test_split_large", "test_masks_large", "test_mask_index_large", "model", "images"},
         parameters={"params:evaluate"},
         tags=[LARGE_HOLES],
     )
     return (
         large_holes
-        + _scoring("test_masks", "test_mask_index")
+        + _scoring("test_split", "test_masks", "test_mask_index")
         + pipeline(
             [
                 node(
