@@ -108,7 +108,9 @@ def test_every_term_matches_loop_reference(device):
         + 0.1 * ref["tv"]
     )
     assert abs(float(terms["total"]) - total) < TOL * max(1.0, total)
-    assert set(terms) == {"total", "valid", "hole", "perceptual", "style_out", "style_comp", "tv"}
+    assert set(terms) == {
+        "total", "valid", "hole", "perceptual", "style_out", "style_comp", "tv", "ssim",
+    }  # fmt: skip
 
 
 def test_default_weights_are_the_papers():
@@ -118,6 +120,7 @@ def test_default_weights_are_the_papers():
         "perceptual": 0.05,
         "style": 120.0,
         "tv": 0.1,
+        "ssim": 0.0,  # the extension beyond the paper, off by default
     }
     assert LossWeights.from_dict({"hole": 3}).hole == 3.0
     with pytest.raises(ValueError, match="unknown keys"):

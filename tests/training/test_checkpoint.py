@@ -48,9 +48,10 @@ def test_model_round_trip_rebuilds_same_network(tmp_path):
 def test_model_saved_on_device_loads_anywhere(tmp_path, device):
     """A model on ``device`` is written as CPU tensors, reloads, and predicts the same there."""
     model = _model().to(device).eval()
-    path = ckpt.save_model(tmp_path / "m.pt", model)
-    raw = torch.load(path, map_location="cpu", weights_only=False)
-    assert all(v.device.type == "cpu" for v in raw["state_dict"].values())
+    path = ckpt.save_model(tmp_path / "m.safetensors", model)
+    from safetensors.torch import load_file
+
+    assert all(v.device.type == "cpu" for v in load_file(str(path)).values())
     loaded = ckpt.load_model(path, map_location=device).to(device)
     x = torch.rand(1, 3, 8, 8, device=device)
     m = (torch.rand(1, 1, 8, 8, device=device) > 0.3).float()
