@@ -43,6 +43,7 @@ from aerial_inpainting.pconv.checkpoint import (
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
+    load_model,
     restore_rng_state,
     save_checkpoint,
     save_model,
@@ -78,6 +79,7 @@ class TrainConfig:
     snapshot_minutes: list[float] = field(default_factory=list)
     snapshot_dir: str | None = None
     mask_source: str = "pool"
+    init_weights: str | None = None
     loss_weights: dict[str, float] = field(default_factory=dict)
     vgg_weights: str | None = "imagenet"
     vgg_offline_fallback: str = "random"
@@ -212,6 +214,7 @@ class TrainConfig:
             ),
             **({"ema_decay": self.ema_decay} if self.ema_decay else {}),
             **({"mask_source": self.mask_source} if self.mask_source != "pool" else {}),
+            **({"init_weights": self.init_weights} if self.init_weights else {}),
             "loss_weights": LossWeights.from_dict(self.loss_weights).to_dict(),
             "vgg_weights": self.vgg_weights,
             "vgg_offline_fallback": self.vgg_offline_fallback,
@@ -431,6 +434,23 @@ def make_ema(model: torch.nn.Module, decay: float) -> torch.optim.swa_utils.Aver
 
 
 # ------------------------------------------------------------------ the loop
+def init_from_model_file(model: PConvUNet, path: str | Path) -> None:
+    """Start ``model`` from the weights of a model file or checkpoint (fine-tuning).
+
+    The file is read by :func:`aerial_inpainting.pconv.checkpoint.load_model` (safetensors, no
+    code executed; a checkpoint gives its EMA weights). Raises FileNotFoundError or ValueError
+    naming the file, and ValueError when its network's shape differs from ``model``'s.
+    """
+    source = load_model(path)
+    if source.config != model.config:
+        raise ValueError(
+            f"training.init_weights: {path} holds a U-Net {source.config.to_dict()}, but "
+            f"training.model asks for {model.config.to_dict()}"
+        )
+    model.load_state_dict(source.state_dict())
+    logger.info("Initialised the model from %s", path)
+
+
 def make_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
     return torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
 
@@ -508,6 +528,8 @@ def train(
         # Rank 0 alone reads the checkpoint (it alone writes them, possibly on a disk the other
         # nodes do not see) and sends it to the others.
         state = ddp.broadcast_object(state, ctx)
+    if state is None and cfg.init_weights:
+        init_from_model_file(model, cfg.init_weights)
     if state is not None:
         model.load_state_dict(state["model"])
         step, stage = int(state["step"]), int(state["stage"])

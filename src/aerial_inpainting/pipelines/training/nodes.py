@@ -116,6 +116,23 @@ def build_training_data(
     )
 
 
+def resolve_model_file(path: str | Path) -> Path:
+    """The model file ``path`` names: a file, or the latest version of a versioned catalog
+    entry (``<path>/<timestamp>/<name>``, what ``kedro run`` writes for ``model``).
+
+    Relative paths resolve against the project root. Raises FileNotFoundError naming the path.
+    """
+    resolved = Path(resolve_in_project(str(path)))
+    if resolved.is_dir():
+        versions = sorted(p for p in resolved.glob(f"*/{resolved.name}") if p.is_file())
+        if not versions:
+            raise FileNotFoundError(f"{resolved}: a directory without saved model versions")
+        return versions[-1]
+    if not resolved.is_file():
+        raise FileNotFoundError(f"training.init_weights: {resolved}: no such model file")
+    return resolved
+
+
 def train_model(
     images: np.ndarray,
     train_split: pd.DataFrame,
@@ -136,6 +153,8 @@ def train_model(
         **params,
         **{k: resolve_in_project(params[k]) for k in ("checkpoint_dir", "grid_dir") if k in params},
     }
+    if params.get("init_weights"):
+        params["init_weights"] = str(resolve_model_file(params["init_weights"]))
     cfg = TrainConfig.from_params(params)
     data = build_training_data(
         images, train_split, val_split, train_masks, val_masks, val_mask_index, cfg=cfg,
