@@ -238,3 +238,50 @@ def test_ema_run_resumes_to_the_same_weights(tiny_inputs, make_params, tmp_path)
     for key, value in straight.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[key]), key
     assert straight.history["loss_ssim"].gt(0).all()
+
+
+# ------------------------------------------------------------------ fine-tuning (init_weights)
+
+
+def test_init_weights_starts_from_the_file(tiny_inputs, make_params, tmp_path):
+    from safetensors.torch import load_file
+
+    from aerial_inpainting.pconv.checkpoint import save_model
+    from aerial_inpainting.pconv.unet import PConvUNet, UNetConfig
+
+    torch.manual_seed(123)  # weights unlike the run's own seeded initialisation
+    source = PConvUNet(UNetConfig.from_dict({"depth": 2, "base_channels": 4, "max_channels": 16}))
+    path = save_model(tmp_path / "start.safetensors", source)
+    # lr 0: the optimiser leaves the parameters where they started
+    cfg = TrainConfig.from_params(
+        make_params(init_weights=str(path), lr_stage1=0.0, lr_stage2=0.0, val_every=0)
+    )
+    result = train(cfg, _data(tiny_inputs, cfg))
+    stored = load_file(str(path))  # the file's tensors, read by safetensors itself
+    params = dict(result.model.named_parameters())
+    assert params and all(torch.equal(p, stored[name]) for name, p in params.items())
+
+
+def test_init_weights_with_another_network_shape_names_the_file(
+    tiny_inputs, make_params, tmp_path
+):
+    from aerial_inpainting.pconv.checkpoint import save_model
+    from aerial_inpainting.pconv.unet import PConvUNet, UNetConfig
+
+    other = PConvUNet(UNetConfig.from_dict({"depth": 2, "base_channels": 8, "max_channels": 16}))
+    path = save_model(tmp_path / "wide.safetensors", other)
+    cfg = TrainConfig.from_params(make_params(init_weights=str(path)))
+    with pytest.raises(ValueError, match=r"wide\.safetensors"):
+        train(cfg, _data(tiny_inputs, cfg))
+
+
+def test_init_weights_takes_the_latest_version_of_a_catalog_entry(tmp_path):
+    from aerial_inpainting.pipelines.training.nodes import resolve_model_file
+
+    entry = tmp_path / "pconv_unet.safetensors"
+    for version in ("2026-01-01T00.00.00.000Z", "2026-02-01T00.00.00.000Z"):
+        (entry / version).mkdir(parents=True)
+        (entry / version / entry.name).write_bytes(b"x")
+    assert resolve_model_file(entry) == entry / "2026-02-01T00.00.00.000Z" / entry.name
+    with pytest.raises(FileNotFoundError, match=r"missing\.safetensors"):
+        resolve_model_file(tmp_path / "missing.safetensors")
