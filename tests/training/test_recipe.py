@@ -262,9 +262,7 @@ def test_init_weights_starts_from_the_file(tiny_inputs, make_params, tmp_path):
     assert params and all(torch.equal(p, stored[name]) for name, p in params.items())
 
 
-def test_init_weights_with_another_network_shape_names_the_file(
-    tiny_inputs, make_params, tmp_path
-):
+def test_init_weights_with_another_network_shape_names_the_file(tiny_inputs, make_params, tmp_path):
     from aerial_inpainting.pconv.checkpoint import save_model
     from aerial_inpainting.pconv.unet import PConvUNet, UNetConfig
 
