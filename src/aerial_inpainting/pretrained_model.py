@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import struct
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -239,6 +240,18 @@ def _psnr(reference: np.ndarray, image: np.ndarray) -> float:
     return float("inf") if mse == 0 else 10.0 * np.log10(255.0**2 / mse)
 
 
+def _canonical_header(data: bytes) -> bytes:
+    """A safetensors file with its JSON header's keys sorted (safetensors writes the metadata
+    in hash-map order, which changes between runs), so that a build is reproducible byte for
+    byte. The tensor bytes and their offsets are unchanged; the header is padded with spaces
+    to a multiple of 8 bytes, as the format requires."""
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + length])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + data[8 + length :]
+
+
 def build_pretrained(
     source: str | Path,
     name: str = DEFAULT_NAME,
@@ -285,7 +298,7 @@ def build_pretrained(
         ),
     }
     weights, config_file = pretrained_paths(name, directory)
-    atomic_write_bytes(weights, safetensors_save(state, metadata=metadata))
+    atomic_write_bytes(weights, _canonical_header(safetensors_save(state, metadata=metadata)))
 
     stored_model = load_model(weights)
     info: dict[str, Any] = {
