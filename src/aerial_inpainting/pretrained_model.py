@@ -206,30 +206,34 @@ def compare_outputs(
 
     On ``n_images`` generated scenes (``size`` px, one seeded mask per image, hole ratios
     over the six buckets): the largest absolute difference of the raw outputs (float, [0, 1]
-    scale) and of the composites through :func:`aerial_inpainting.inference.fill_holes`
-    (uint8 levels), and the largest change of the composite's PSNR against the scene.
+    scale; everywhere, and on hole pixels only, the ones a result keeps) and of the
+    composites through :func:`aerial_inpainting.inference.fill_holes` (uint8 levels), and
+    the largest change of the composite's PSNR against the scene.
     """
     from aerial_inpainting.inference import fill_holes
 
-    raw_diff, level_diff, psnr_diff = 0.0, 0, 0.0
+    raw_diff, hole_diff, level_diff, psnr_diff = 0.0, 0.0, 0, 0.0
     for image, valid in _generated_pairs(n_images, size, seed):
         x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255.0
         m = torch.from_numpy(valid)[None, None].float()
         with torch.no_grad():
             a, b = reference.eval()(x * m, m), candidate.eval()(x * m, m)
-        raw_diff = max(raw_diff, float((a - b).abs().max()))
+        difference = (a - b).abs()[0].amax(dim=0).numpy()
+        raw_diff = max(raw_diff, float(difference.max()))
+        hole_diff = max(hole_diff, float(difference[~valid].max(initial=0.0)))
         filled = [
             np.where(valid[:, :, None], image, fill_holes(model, image, valid, device="cpu"))
             for model in (reference, candidate)
         ]
         level_diff = max(level_diff, int(np.abs(filled[0].astype(int) - filled[1]).max()))
         psnrs = [_psnr(image, result) for result in filled]
-        psnr_diff = max(psnr_diff, abs(psnrs[0] - psnrs[1]))
+        psnr_diff = max(psnr_diff, float(abs(psnrs[0] - psnrs[1])))
     return {
         "n_images": n_images,
         "size": size,
         "seed": seed,
         "max_abs_diff_raw_output": raw_diff,
+        "max_abs_diff_raw_output_holes": hole_diff,
         "max_abs_diff_composite_uint8": level_diff,
         "max_abs_psnr_change_db": psnr_diff,
     }
