@@ -326,6 +326,47 @@ class TorchModelDataset(AbstractVersionedDataset[Any, Any]):
         }
 
 
+class PretrainedModelDataset(AbstractDataset[None, Any]):
+    """The pretrained model shipped with the package (read-only; ``MODEL_CARD.md``).
+
+    Loads :func:`aerial_inpainting.pretrained_model.load_pretrained` (sha256 verified,
+    safetensors, no unpickling). It replaces the catalog's ``model`` for a run whose
+    ``evaluate.model`` / ``inpaint.model`` select ``pretrained``
+    (:class:`aerial_inpainting.hooks.PretrainedModelHook`). Saving is refused: the shipped
+    files are rebuilt with ``python -m aerial_inpainting.pretrained_model build FILE``.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        load_args: dict[str, Any] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ):
+        self._name = name
+        self._load_args = dict(load_args or {})
+        self.metadata = metadata
+
+    def load(self) -> Any:
+        from aerial_inpainting.pretrained_model import load_pretrained
+
+        return load_pretrained(self._name, map_location=self._load_args.get("map_location", "cpu"))
+
+    def save(self, data: Any) -> None:
+        raise DatasetError(
+            f"the pretrained model {self._name!r} is read-only (it ships with the package); "
+            "a run that trains a model saves it to `model`. To replace the shipped files: "
+            "python -m aerial_inpainting.pretrained_model build MODEL_FILE"
+        )
+
+    def _exists(self) -> bool:
+        from aerial_inpainting.pretrained_model import pretrained_paths
+
+        return all(path.is_file() for path in pretrained_paths(self._name))
+
+    def _describe(self) -> dict[str, Any]:
+        return {"name": self._name, "load_args": self._load_args}
+
+
 # ============================================================================ evaluate
 
 

@@ -14,6 +14,7 @@ import sys
 import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,10 +46,12 @@ lossless); JPEG and GIF are refused unless --allow-lossy is given."""
 _EPILOG = """\
 model: --model takes a model file written by the training pipeline
 (.../pconv_unet.safetensors), a directory of versions of it, a logged MLflow model
-directory, or an MLflow URI (runs:/<run_id>/model, models:/<name>/<version>), looked up
-in the project's MLflow store (or MLFLOW_TRACKING_URI). Without --model, the latest
-version under data/06_models/pconv_unet.safetensors/ of the Kedro project containing the
-current directory (or --project-dir) is used. Model files are read without running any
+directory, an MLflow URI (runs:/<run_id>/model, models:/<name>/<version>), looked up
+in the project's MLflow store (or MLFLOW_TRACKING_URI), or `pretrained`: the model
+shipped with the package (trained on SkyView aerial photographs; MODEL_CARD.md). Without
+--model, the latest version under data/06_models/pconv_unet.safetensors/ of the Kedro
+project containing the current directory (or --project-dir) is used, and the pretrained
+model when there is none (stderr says which). Model files are read without running any
 code from them; old *.pt files: python -m aerial_inpainting.convert_model FILE.
 
 exit status: 0 done, 1 bad input or no usable model, 2 bad command line,
@@ -76,7 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="where to write the result (PNG, TIFF, BMP or lossless WEBP; PNG without suffix)",
     )
-    parser.add_argument("--model", metavar="PATH-or-URI", help="model file, folder or MLflow URI")
+    parser.add_argument(
+        "--model",
+        metavar="PATH-or-URI",
+        help="model file, folder, MLflow URI, or `pretrained` (the model shipped with the "
+        "package); default: the project's latest trained model, else the pretrained one",
+    )
     parser.add_argument(
         "--invert-mask", action="store_true", help="the mask is white = fill, black = keep"
     )
@@ -199,6 +207,62 @@ def write_image(path: str | Path, image: np.ndarray) -> None:
 
 
 # ------------------------------------------------------------------ model lookup
+@dataclass(frozen=True)
+class ModelChoice:
+    """The model ``aerial-inpaint`` will use: its file, a line for stderr, and whether it is
+    the pretrained model shipped with the package (loaded with its checksum verified)."""
+
+    path: Path
+    label: str
+    pretrained: bool = False
+
+
+def choose_model(model: str | None, project_dir: str | Path | None = None) -> ModelChoice:
+    """``--model`` (or its absence) -> the model to use, or CliError.
+
+    ``pretrained`` selects the shipped model. Without ``--model``: the latest trained
+    version of the Kedro project (``project_dir`` or the one containing the working
+    directory), else the shipped model; the label says which and why.
+    """
+    from aerial_inpainting.pretrained_model import is_pretrained
+
+    if is_pretrained(model):
+        return _pretrained_choice("--model pretrained")
+    if model is not None:
+        path = resolve_model_path(model, project_dir)
+        return ModelChoice(path, f"model: {path}")
+    root = Path(project_dir) if project_dir else find_project_root()
+    if root is None:
+        return _pretrained_choice("not inside a Kedro project and no --model given")
+    dataset = Path(root) / MODEL_DATASET_PATH
+    found = latest_model_version(dataset)
+    if found is not None:
+        return ModelChoice(found, f"model: latest trained model of the project, {found}")
+    legacy = latest_model_version(Path(root) / LEGACY_MODEL_DATASET_PATH)
+    hint = (
+        f"; an old-format model exists ({legacy}): convert it with "
+        f"`python -m aerial_inpainting.convert_model {legacy}` and pass --model"
+        if legacy is not None
+        else ""
+    )
+    return _pretrained_choice(f"no trained model in {dataset}{hint}")
+
+
+def _pretrained_choice(reason: str) -> ModelChoice:
+    from aerial_inpainting.pretrained_model import (
+        PretrainedModelError,
+        describe_pretrained,
+        pretrained_model_file,
+    )
+
+    try:
+        path = pretrained_model_file()
+        label = describe_pretrained()
+    except PretrainedModelError as exc:
+        raise CliError(str(exc)) from exc
+    return ModelChoice(path, f"model: {label} [{reason}]", pretrained=True)
+
+
 def find_project_root(start: str | Path | None = None) -> Path | None:
     """The Kedro project (a folder with a pyproject.toml declaring [tool.kedro]) containing ``start``."""
     from aerial_inpainting.project_paths import find_project
@@ -361,9 +425,21 @@ class _mlflow_tracking_uri:
             self.mlflow.set_tracking_uri(self.previous)
 
 
-def load_trained_model(path: Path):
-    """Load a model file, or raise CliError (missing, corrupt, or not a model)."""
+def load_trained_model(path: Path, pretrained: bool = False):
+    """Load a model file, or raise CliError (missing, corrupt, or not a model).
+
+    ``pretrained``: ``path`` is the shipped model, loaded by
+    :func:`aerial_inpainting.pretrained_model.load_pretrained` (checksum verified).
+    """
     from aerial_inpainting.pconv.checkpoint import UnsafeModelFileError, load_model
+
+    if pretrained:
+        from aerial_inpainting.pretrained_model import PretrainedModelError, load_pretrained
+
+        try:
+            return load_pretrained(path.stem, directory=path.parent)
+        except PretrainedModelError as exc:
+            raise CliError(str(exc)) from exc
 
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -430,9 +506,9 @@ def run(args: argparse.Namespace) -> int:
         device = resolve_device(args.device)
     except RuntimeError as exc:
         raise CliError(f"--device {args.device}: {exc}") from exc
-    model_path = resolve_model_path(args.model, args.project_dir)
-    model = load_trained_model(model_path)
-    _say(args, f"model: {model_path}")
+    choice = choose_model(args.model, args.project_dir)
+    model = load_trained_model(choice.path, pretrained=choice.pretrained)
+    _say(args, choice.label)
     try:
         filled = fill_holes(
             model,

@@ -175,13 +175,17 @@ def log_pyfunc_model(
 ):
     """Log the model to the active MLflow run as a pyfunc model; returns MLflow's ModelInfo.
 
-    ``checkpoint`` is a model file written by ``pconv.checkpoint.save_model`` or a
-    :class:`PConvUNet` (saved to a temporary file first). The package's own code is bundled
+    ``checkpoint`` is a model file written by ``pconv.checkpoint.save_model``, a
+    :class:`PConvUNet` (saved to a temporary file first), or ``"pretrained"``: the model
+    shipped with the package (its file, checksum verified; ``MODEL_CARD.md``). The package's own code is bundled
     (``code_paths``), so the model loads where ``aerial_inpainting`` is not installed.
     Load it back with ``mlflow.pyfunc.load_model(info.model_uri)``.
     """
     import aerial_inpainting
+    from aerial_inpainting.pretrained_model import is_pretrained, pretrained_model_file
 
+    if is_pretrained(checkpoint):
+        checkpoint = pretrained_model_file()
     with tempfile.TemporaryDirectory(prefix="pconv-pyfunc-") as tmp:
         if isinstance(checkpoint, str | Path):
             path = Path(checkpoint)
@@ -195,12 +199,13 @@ def log_pyfunc_model(
             )
         if mlflow.active_run() is None:
             logger.warning("No active MLflow run: mlflow will start one to log the model")
-        # The package's code travels with the model (without bytecode caches).
+        # The package's code travels with the model (without bytecode caches, and without
+        # the shipped pretrained model: the weights are the model's own artifact).
         package_dir = Path(tmp) / "code" / "aerial_inpainting"
         shutil.copytree(
             Path(aerial_inpainting.__file__).parent,
             package_dir,
-            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+            ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "pretrained_models"),
         )
         return mlflow.pyfunc.log_model(
             name=name,

@@ -246,6 +246,50 @@ def test_evaluate_pipeline_end_to_end(kedro_project: Path, capsys: pytest.Captur
     } <= artefacts
 
 
+@pytest.mark.slow
+def test_evaluate_pipeline_scores_the_pretrained_model(kedro_project: Path, capsys) -> None:
+    """`--params evaluate.model=pretrained`: the shipped model, no trained model needed."""
+    from conftest import run_pipeline
+
+    from aerial_inpainting.pretrained_model import load_pretrained
+
+    images, split, masks, index = _tiny_data()
+    with _catalog(kedro_project) as catalog:
+        for name, data in (
+            ("images", images),
+            ("test_split", split),
+            ("test_masks", masks),
+            ("test_mask_index", index),
+        ):
+            catalog.save(name, data)
+        large = generate_large_test_masks(
+            split, SIZE, {"seed": 5, "min_fraction": 0.25, "max_fraction": 0.5, "n_images": 2}
+        )
+        for name, data in zip(
+            ("test_masks_large", "test_mask_index_large", "test_split_large"), large, strict=True
+        ):
+            catalog.save(name, data)
+    run_pipeline(kedro_project, "evaluate", {"evaluate": {**PARAMS, "model": "pretrained"}})
+    assert "Mean PSNR: " in capsys.readouterr().out
+    assert not (kedro_project / "data/06_models/pconv_unet.safetensors").exists()
+
+    reporting = kedro_project / "data" / "08_reporting" / "evaluation_per_image.csv"
+    per_image = pd.read_csv(next(reporting.iterdir()) / "evaluation_per_image.csv")
+    scored = per_image[per_image.method == "model"].set_index("mask_id")
+    # Reference: the shipped model called directly on one image, scored by scikit-image.
+    model = load_pretrained()
+    row = index.iloc[3]
+    gt = images[split.set_index("image_id").loc[row["image_id"], "row"]]
+    valid = masks[row["mask_id"]].astype(bool)
+    x = torch.from_numpy(gt).permute(2, 0, 1)[None].float() / 255
+    m = torch.from_numpy(valid)[None, None].float()
+    with torch.no_grad():
+        out = model(x * m, m)[0].clamp(0, 1).mul(255).round().permute(1, 2, 0).numpy()
+    comp = np.where(valid[..., None], gt / 255.0, out / 255.0)
+    expected = peak_signal_noise_ratio(gt / 255.0, comp, data_range=1.0)
+    assert scored.loc[row["mask_id"], "psnr"] == pytest.approx(expected, abs=0.05)
+
+
 @pytest.mark.parametrize("channels_last", [True, False])
 def test_predict_images_equals_a_direct_forward_pass(channels_last: bool) -> None:
     """Batched, channels_last prediction = the model called on each image in NCHW, rounded."""

@@ -83,22 +83,49 @@ def test_finds_the_latest_model_version_in_the_project(
     np.testing.assert_array_equal(read_png(out)[mask == 1], image[mask == 1])
 
 
-def test_no_trained_model(tmp_path, pair, capsys, monkeypatch):
-    image_path, mask_path, _, _ = pair
+def test_without_a_trained_model_the_pretrained_one_is_used_and_named(
+    tmp_path, pair, capsys, monkeypatch
+):
+    image_path, mask_path, image, mask = pair
     monkeypatch.chdir(_fake_project(tmp_path / "empty_project"))
-    code, err = _run(capsys, [image_path, mask_path, "-o", tmp_path / "x.png"])
-    assert code == 1 and "no trained model" in err and "pconv_unet.safetensors" in err
+    out = tmp_path / "x.png"
+    code, err = _run(capsys, [image_path, mask_path, "-o", out])
+    assert code == 0, err
+    assert "pretrained model skyview-small" in err
+    assert "no trained model in" in err and "pconv_unet.safetensors" in err
+    result = read_png(out)
+    np.testing.assert_array_equal(result[mask == 1], image[mask == 1])
+    assert not np.array_equal(result[mask == 0], image[mask == 0])
     code, err = _run(
         capsys, [image_path, mask_path, "-o", tmp_path / "x.png", "--model", tmp_path / "nope.pt"]
     )
     assert code == 1 and "nope.pt" in err and "no such file" in err
 
 
-def test_outside_a_project_without_model(tmp_path, pair, capsys, monkeypatch):
+def test_outside_a_project_the_pretrained_model_is_used_and_named(
+    tmp_path, pair, capsys, monkeypatch
+):
     image_path, mask_path, _, _ = pair
     monkeypatch.chdir(tmp_path)
     code, err = _run(capsys, [image_path, mask_path, "-o", tmp_path / "x.png"])
-    assert code == 1 and "no trained model" in err and "--model" in err
+    assert code == 0, err
+    assert "pretrained model skyview-small" in err and "not inside a Kedro project" in err
+
+
+def test_model_pretrained_wins_over_the_projects_trained_model(
+    tmp_path, pair, tiny_model, capsys, monkeypatch
+):
+    image_path, mask_path, _, _ = pair
+    project = _fake_project(tmp_path / "project")
+    trained = project / "data/06_models/pconv_unet.safetensors/2026-02-01T00.00.00.000Z"
+    save_model(trained / "pconv_unet.safetensors", tiny_model)
+    monkeypatch.chdir(project)
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    code, err = _run(capsys, [image_path, mask_path, "-o", a])
+    assert code == 0 and "latest trained model" in err and "2026-02-01" in err
+    code, err = _run(capsys, [image_path, mask_path, "-o", b, "--model", "pretrained"])
+    assert code == 0 and "pretrained model skyview-small" in err and "[--model pretrained]" in err
+    assert not np.array_equal(read_png(a), read_png(b))  # two different networks
 
 
 def test_corrupt_model_file(tmp_path, pair, capsys):

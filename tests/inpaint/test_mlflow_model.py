@@ -138,3 +138,25 @@ def test_cli_finds_the_run_in_the_project_store_from_a_subdirectory_quietly(
     assert code == 0 and captured.err == "" and captured.out == "", captured.err
     np.testing.assert_array_equal(read_png(out), inpaint_image(model, image, mask))
     assert sorted(p.name for p in (project / "sub" / "dir").iterdir()) == []
+
+
+def test_the_pretrained_model_logs_as_a_pyfunc(tmp_path):
+    """`log_pyfunc_model("pretrained")`: the shipped model, served like a trained one; the
+    package's bundled code leaves the shipped files out (the weights are the artifact)."""
+    from aerial_inpainting.pretrained_model import load_pretrained
+
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    try:
+        experiment = mlflow.create_experiment("pretrained", artifact_location=str(tmp_path / "a"))
+        with mlflow.start_run(experiment_id=experiment):
+            info = log_pyfunc_model("pretrained", name="model")
+        loaded = mlflow.pyfunc.load_model(info.model_uri)
+    finally:
+        mlflow.set_tracking_uri(previous)
+    image, mask = smooth_image(40, 48, seed=3), box_mask(40, 48, [(6, 8, 30, 40)]) * 255
+    frame = pd.DataFrame({"image": [encode_png(image)], "mask": [encode_png(mask)]})
+    result = _decode(loaded.predict(frame)["inpainted"][0])
+    np.testing.assert_array_equal(result, inpaint_image(load_pretrained(), image, mask))
+    logged_files = [p.name for p in (tmp_path / "a").rglob("*") if p.is_file()]
+    assert logged_files.count("skyview-small.safetensors") == 1  # the artifact, not in the code

@@ -110,3 +110,24 @@ def test_pipeline_is_registered_but_not_part_of_the_default_run():
     assert "inpaint" in pipelines
     default_nodes = {n.name for n in pipelines["__default__"].nodes}
     assert "inpaint_user_images" not in default_nodes
+
+
+def test_without_a_trained_model_the_pipeline_uses_the_pretrained_one(kedro_project, kedro_runner):
+    """`inpaint.model: auto` (the default) falls back to the shipped model; `trained` insists."""
+    from kedro.io import DatasetError
+
+    from aerial_inpainting.inference import inpaint_image
+    from aerial_inpainting.pretrained_model import load_pretrained
+
+    project = kedro_project
+    image, mask = smooth_image(40, 48, seed=5), box_mask(40, 48, [(8, 10, 30, 36)])
+    write_png(project / "data/05_model_input/images/scene.png", image)
+    write_png(project / "data/05_model_input/masks/scene.png", mask * 255)
+
+    kedro_runner(project, "inpaint", {"inpaint.progress": False})
+    result = read_png(project / "data/07_model_output/inpainted/scene.png")
+    np.testing.assert_array_equal(result, inpaint_image(load_pretrained(), image, mask * 255))
+    assert not (project / "data/06_models/pconv_unet.safetensors").exists()
+
+    with pytest.raises(DatasetError, match="No trained model found"):
+        kedro_runner(project, "inpaint", {"inpaint.progress": False, "inpaint.model": "trained"})

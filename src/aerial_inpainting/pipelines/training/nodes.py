@@ -120,8 +120,14 @@ def resolve_model_file(path: str | Path) -> Path:
     """The model file ``path`` names: a file, or the latest version of a versioned catalog
     entry (``<path>/<timestamp>/<name>``, what ``kedro run`` writes for ``model``).
 
-    Relative paths resolve against the project root. Raises FileNotFoundError naming the path.
+    Relative paths resolve against the project root; ``pretrained`` is the model shipped with
+    the package (checksum verified, :mod:`aerial_inpainting.pretrained_model`). Raises
+    FileNotFoundError naming the path (PretrainedModelError for a damaged shipped model).
     """
+    from aerial_inpainting.pretrained_model import is_pretrained, pretrained_model_file
+
+    if is_pretrained(path):
+        return pretrained_model_file()
     resolved = Path(resolve_in_project(str(path)))
     if resolved.is_dir():
         versions = sorted(p for p in resolved.glob(f"*/{resolved.name}") if p.is_file())

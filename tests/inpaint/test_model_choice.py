@@ -1,0 +1,49 @@
+"""Which model a run's `model` input is: `evaluate.model` / `inpaint.model` (no Kedro session)."""
+
+from __future__ import annotations
+
+import pytest
+from kedro.pipeline import node
+
+from aerial_inpainting.hooks import choose_model_source
+
+
+def _user(tag: str):
+    return node(lambda model: model, inputs="model", outputs=f"out_{tag}", name=tag, tags=[tag])
+
+
+EVALUATE, INPAINT = _user("evaluate"), _user("inpaint")
+
+
+def _never_called():
+    raise AssertionError("the trained model's existence was not needed")
+
+
+def test_trained_is_the_evaluate_default_and_pretrained_selects_the_shipped_model() -> None:
+    assert choose_model_source([EVALUATE], {"evaluate": {}}, False, _never_called) is None
+    params = {"evaluate": {"model": "trained"}}
+    assert choose_model_source([EVALUATE], params, False, _never_called) is None
+    params = {"evaluate": {"model": "Pretrained"}}
+    assert choose_model_source([EVALUATE], params, False, _never_called) == (
+        "evaluate.model=pretrained"
+    )
+
+
+def test_auto_takes_the_trained_model_when_there_is_one() -> None:
+    params = {"inpaint": {"model": "auto"}}
+    assert choose_model_source([INPAINT], params, False, lambda: True) is None
+    assert (
+        choose_model_source([INPAINT], params, False, lambda: False) == "inpaint.model=pretrained"
+    )
+    # A run that trains the model uses it, whether one was saved before or not.
+    assert choose_model_source([INPAINT], params, True, _never_called) is None
+
+
+def test_contradictions_and_bad_values_are_refused_with_the_parameter_named() -> None:
+    with pytest.raises(ValueError, match="also trains a model"):
+        choose_model_source([EVALUATE], {"evaluate": {"model": "pretrained"}}, True, _never_called)
+    params = {"evaluate": {"model": "pretrained"}, "inpaint": {"model": "trained"}}
+    with pytest.raises(ValueError, match=r"inpaint\.model uses the trained model"):
+        choose_model_source([EVALUATE, INPAINT], params, False, _never_called)
+    with pytest.raises(ValueError, match=r"evaluate.model: expected one of .*'latest'"):
+        choose_model_source([EVALUATE], {"evaluate": {"model": "latest"}}, False, _never_called)
