@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import conf_parameters
 from kedro.io import DatasetError
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
@@ -22,7 +23,7 @@ from aerial_inpainting.pipelines.evaluate import nodes
 
 SIZE = 32
 N_IMAGES = 8
-PARAMS = {
+PARAMS = conf_parameters("evaluate") | {
     "seed": 3,
     "device": "cpu",
     "batch_size": 3,

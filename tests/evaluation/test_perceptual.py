@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import conf_parameters
 
 from aerial_inpainting import pretrained
 from aerial_inpainting.evaluation import perceptual, report
@@ -18,7 +19,7 @@ from aerial_inpainting.pipelines.evaluate import nodes
 
 SIZE = 40
 N = 6
-PARAMS = {
+PARAMS = conf_parameters("evaluate") | {
     "seed": 0,
     "metrics_batch_size": 4,
     "workers": 1,

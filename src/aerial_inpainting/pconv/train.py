@@ -387,32 +387,13 @@ def train(
         cb.on_train_start(info)
 
     total = cfg.total_steps
-    val_images = data.val_images.to(rt.device) if data.val_images is not None else None
-    val_masks = data.val_masks.to(rt.device) if data.val_masks is not None else None
-    loader = make_train_loader(
-        data.train,
-        cfg.batch_size,
-        start_step=state.step,
-        total_steps=total,
-        num_workers=resolve_num_workers(cfg.num_workers, rt.device),
-        pin_memory=rt.device.type == "cuda",
-        rank=ctx.rank,
-        world_size=ctx.world_size,
-    )
-    net.train()
-    hide_bar = None if cfg.progress_bar is None else not cfg.progress_bar  # None: tqdm decides
-    bar = tqdm(
-        total=total,
-        initial=state.step,
-        desc="training",
-        unit="step",
-        dynamic_ncols=True,
-        disable=not master_process or hide_bar,
-    )
+    loader = _train_loader(cfg, data, state, rt, ctx)
+    bar = _progress_bar(cfg, state, master_process)
     report = _ProgressReport(total, cfg.log_every, enabled=master_process and bar.disable)
     elapsed_before, t_start = state.elapsed_s, time.perf_counter()
     t_window = t_start
     progress = run_progress(state.step, total, elapsed_before, cfg.max_minutes)
+    net.train()
     for images, masks in loader:
         if progress >= 1.0:  # the wall-time budget ran out (a resumed run that was done)
             break
@@ -433,23 +414,15 @@ def train(
         state.window.add(_loss_values(losses, ctx), images.shape[0])
         bar.update(1)
 
-        if state.step % cfg.log_every == 0 or done:
+        if _due(state.step, cfg.log_every, done):
             metrics = state.close_window(time.perf_counter() - t_window, ctx.world_size)
-            t_window = time.perf_counter()
             bar.set_postfix(_bar_postfix(metrics))
             for cb in callbacks:
                 cb.on_log(state.step, metrics)
             report.maybe_log(state, progress, metrics, done)
-        if master_process and val_images is not None and _due(state.step, cfg.val_every, done):
-            # The master process alone, on the unwrapped model (no collectives): the other
-            # ranks wait for it in the next step's gradient all-reduce.
-            val_metrics, samples = validate(
-                state.eval_model, val_images, val_masks, rt.autocast_dtype, rt.device
-            )
-            state.add_validation(val_metrics)
-            _log_validation(state.step, val_metrics)
-            for cb in callbacks:
-                cb.on_validation(state.step, val_metrics, samples)
+            t_window = time.perf_counter()
+        if master_process and data.val_images is not None and _due(state.step, cfg.val_every, done):
+            _validate(state, data, rt, callbacks)
         if snapshots is not None:
             snapshots.maybe_save(state.eval_model, state.step, state.elapsed_s, done)
         if ckpt_dir is not None and _due(state.step, cfg.checkpoint_every, done):
@@ -470,6 +443,55 @@ def train(
     for cb in callbacks:
         cb.on_train_end(result)
     return result
+
+
+def _train_loader(
+    cfg: TrainConfig, data: TrainingData, state: TrainState, rt: Runtime, ctx: ddp.DistContext
+) -> torch.utils.data.DataLoader:
+    """This rank's batches of the run's sample stream, from the step after ``state.step``."""
+    return make_train_loader(
+        data.train,
+        cfg.batch_size,
+        start_step=state.step,
+        total_steps=cfg.total_steps,
+        num_workers=resolve_num_workers(cfg.num_workers, rt.device),
+        pin_memory=rt.device.type == "cuda",
+        rank=ctx.rank,
+        world_size=ctx.world_size,
+    )
+
+
+def _progress_bar(cfg: TrainConfig, state: TrainState, master_process: bool) -> tqdm:
+    """The master process's bar (``progress_bar: null``: tqdm decides, on a terminal only)."""
+    hide = None if cfg.progress_bar is None else not cfg.progress_bar
+    return tqdm(
+        total=cfg.total_steps,
+        initial=state.step,
+        desc="training",
+        unit="step",
+        dynamic_ncols=True,
+        disable=not master_process or hide,
+    )
+
+
+def _validate(
+    state: TrainState, data: TrainingData, rt: Runtime, callbacks: Sequence[TrainingCallback]
+) -> None:
+    """Validation by the master process alone, on the unwrapped model (no collectives: the
+    other ranks wait for it in the next step's gradient all-reduce)."""
+    images, masks = data.val_images.to(rt.device), data.val_masks.to(rt.device)
+    metrics, samples = validate(state.eval_model, images, masks, rt.autocast_dtype, rt.device)
+    state.add_validation(metrics)
+    logger.info(
+        "Step %d validation: PSNR %.2f dB (hole %.2f, mean fill %.2f), SSIM %.4f",
+        state.step,
+        metrics["val_psnr"],
+        metrics["val_psnr_hole"],
+        metrics["val_psnr_hole_mean_fill"],
+        metrics["val_ssim"],
+    )
+    for cb in callbacks:
+        cb.on_validation(state.step, metrics, samples)
 
 
 def _due(step: int, every: int, done: bool) -> bool:
@@ -615,17 +637,6 @@ def _bar_postfix(metrics: Mapping[str, float]) -> dict[str, str]:
         "valid": f"{metrics['loss_valid']:.4f}",
         "img_s": f"{metrics['images_per_s']:.1f}",
     }
-
-
-def _log_validation(step: int, metrics: Mapping[str, float]) -> None:
-    logger.info(
-        "Step %d validation: PSNR %.2f dB (hole %.2f, mean fill %.2f), SSIM %.4f",
-        step,
-        metrics["val_psnr"],
-        metrics["val_psnr_hole"],
-        metrics["val_psnr_hole_mean_fill"],
-        metrics["val_ssim"],
-    )
 
 
 class _ProgressReport:
