@@ -105,7 +105,7 @@ def score_snapshots(folder: Path, inputs: dict[str, Any]) -> list[dict[str, Any]
     )
     images = inputs["images"]
     test_images = np.asarray(images[evaluation_set["row"].to_numpy()])
-    params = {**inputs["evaluate"], "baselines": ["telea"], "progress": False}
+    params = {**inputs["evaluate"], "baselines": ["telea"], "progress_bar": False}
     rows = []
     for path in sorted(folder.glob("minute_*")):
         model = load_model(path)

@@ -121,8 +121,8 @@ class EvaluateParams(Parameters):
     tta: bool
     batch_size: int
     metrics_batch_size: int
-    workers: int | Literal["auto"]
-    progress: bool
+    num_workers: int | Literal["auto"]
+    progress_bar: bool | None
     baselines: list[str]
     telea_radius: float
     ns_radius: float
@@ -146,4 +146,4 @@ class InpaintParams(Parameters):
     max_image_pixels: int | None
     preview_max_height: int
     fail_on_error: bool
-    progress: bool | None
+    progress_bar: bool | None

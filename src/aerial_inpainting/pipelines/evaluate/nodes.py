@@ -50,8 +50,8 @@ PER_IMAGE_COLUMNS = [
 
 
 def _progress(params: EvaluateParams) -> bool | None:
-    """tqdm's ``disable``: None (auto: only on a terminal) unless progress is switched off."""
-    return None if params.progress else True
+    """tqdm's ``disable``: None (``progress_bar: null``: only on a terminal), else forced."""
+    return None if params.progress_bar is None else not params.progress_bar
 
 
 def _nchw(images: np.ndarray) -> torch.Tensor:
@@ -220,7 +220,7 @@ def compute_metrics(
     """Per-image metrics of the model and every baseline: one row per image and method.
 
     Biharmonic runs on a seeded sample (``biharmonic_sample``); chunks of
-    ``metrics_batch_size`` images are scored by ``workers`` processes (``auto``: one per CPU).
+    ``metrics_batch_size`` images are scored by ``num_workers`` processes (``auto``: one per CPU).
     ``lpips_net`` (``alex``, ``vgg`` or ``none``) picks the LPIPS backbone; without its
     converted ImageNet weights the ``lpips`` column is NaN and one WARNING names the command
     that fetches them.
@@ -233,7 +233,7 @@ def compute_metrics(
             f"evaluate.baselines: unknown baseline(s) {unknown}; choose from {list(bl.BASELINES)}"
         )
     n = len(evaluation_set)
-    workers = resolve_workers(params.workers)
+    workers = resolve_workers(params.num_workers)
     # Chunks small enough that every worker gets several (load balance), never above the batch size.
     chunk_size = max(1, min(params.metrics_batch_size, math.ceil(n / (4 * workers))))
     workers = min(workers, math.ceil(n / chunk_size))  # no idle processes on a tiny test set

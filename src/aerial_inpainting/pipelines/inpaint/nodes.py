@@ -140,7 +140,7 @@ def inpaint_images(
             _row(orphan, None, mask_ids[orphan], status="skipped", message="mask without an image")
         )
 
-    disable = None if params.progress is None else not params.progress
+    disable = None if params.progress_bar is None else not params.progress_bar
     for key in tqdm(sorted(image_ids), desc="inpaint", disable=disable):
         image_file, mask_file = image_ids[key], mask_ids.get(key)
         if mask_file is None:
