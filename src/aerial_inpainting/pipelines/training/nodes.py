@@ -158,8 +158,8 @@ def train_model(
     if cfg.devices > 1:  # rank 0 of the worker processes logs into this process's run
         run = {}
         if mlflow is not None:
-            run = {"run_id": mlflow.active_run().info.run_id,
-                   "tracking_uri": mlflow.get_tracking_uri()}  # fmt: skip
+            run_id = mlflow.active_run().info.run_id
+            run = {"run_id": run_id, "tracking_uri": mlflow.get_tracking_uri()}
         callbacks = partial(training_callbacks, cfg.grid_dir, mlflow is not None, **run)
         result = train_multiprocess(params, data, cfg.devices, callbacks)
     else:
