@@ -58,11 +58,11 @@ from aerial_inpainting.evaluation.scoring import (
 from aerial_inpainting.imaging.buckets import BUCKET_LABELS
 from aerial_inpainting.imaging.masks import mask_in_bucket, mask_rng
 from aerial_inpainting.imaging.synthetic import SYNTHETIC_CLASSES, generate_scene, scene_rng
+from aerial_inpainting.pconv.devices import resolve_device
 from aerial_inpainting.pconv.unet import PConvUNet, UNetConfig
 from aerial_inpainting.pipelines.evaluate.nodes import (
     biharmonic_sample,
     predict_images,
-    resolve_device,
 )
 from benchmarks.common import RESULTS_DIR, bench, machine_info, markdown_table, setup_torch
 

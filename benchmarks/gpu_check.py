@@ -157,7 +157,7 @@ DRY = Sizes(
     },
     evaluate_params={
         "evaluate.device": "cpu",
-        "evaluate.workers": 1,
+        "evaluate.num_workers": 1,
         "evaluate.biharmonic_sample": 2,
     },
     limits={  # generous: a shared, loaded CPU can be ten times slower than a quiet one

@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         images = catalog.load("images")
         test = catalog.load("test_split").sort_values("row").reset_index(drop=True)
         model = load_model(args.model) if args.model else catalog.load("model")
-        params = {**context.params["evaluate"], "baselines": ["telea"], "progress": False}
+        params = {**context.params["evaluate"], "baselines": ["telea"], "progress_bar": False}
         broad = context.params["data_processing"]["masks"]["shapes"]
     test_images = np.asarray(images[test["row"].to_numpy()])
     results: dict[str, Any] = {}

@@ -119,7 +119,7 @@ def score_snapshots(
     )
     images = inputs["images"]
     test_images = np.asarray(images[evaluation_set["row"].to_numpy()])
-    params = {**inputs["evaluate"], "baselines": ["telea"], "progress": False}
+    params = {**inputs["evaluate"], "baselines": ["telea"], "progress_bar": False}
     rows = []
     for path in [*include, *sorted(folder.glob("minute_*"))]:
         model = load_model(path)

@@ -30,6 +30,24 @@ import yaml
 from aerial_inpainting.imaging.synthetic import write_synthetic_dataset
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def conf_parameters(block: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The ``block`` of ``conf/base/parameters_<block>.yml`` (every key: the nodes take no
+    defaults), with ``overrides`` merged in, nested mappings key by key."""
+    with open(REPO_ROOT / "conf" / "base" / f"parameters_{block}.yml") as handle:
+        params = yaml.safe_load(handle)[block]
+    return _merged(params, overrides or {})
+
+
+def _merged(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in overrides.items():
+        both = isinstance(value, Mapping) and isinstance(out.get(key), Mapping)
+        out[key] = _merged(out[key], value) if both else value
+    return out
+
+
 TINY_CLASSES = ("Agriculture", "Forest", "Lake")
 
 os.environ.setdefault("DO_NOT_TRACK", "1")

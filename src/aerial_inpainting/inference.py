@@ -48,6 +48,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from aerial_inpainting.imaging.io import to_rgb8, upright
+from aerial_inpainting.pconv.devices import resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -401,13 +402,6 @@ def _ramp(tile: int, overlap: int, first: bool, last: bool) -> np.ndarray:
 
 
 # ------------------------------------------------------------------ model calls
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None``/"auto" -> CUDA when available, else CPU; anything else as given."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def _predict(
     model: torch.nn.Module, image: np.ndarray, valid: np.ndarray, device: torch.device
 ) -> tuple[np.ndarray, np.ndarray]:

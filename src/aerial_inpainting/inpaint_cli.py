@@ -464,8 +464,8 @@ def run(args: argparse.Namespace) -> int:
         compose_output,
         fill_holes,
         prepare_inputs,
-        resolve_device,
     )
+    from aerial_inpainting.pconv.devices import resolve_device
 
     check_output_format(args.output, args.allow_lossy)
     with pillow_pixel_limit(args.max_image_pixels):
@@ -504,7 +504,7 @@ def run(args: argparse.Namespace) -> int:
     check_fillable(inputs)
     try:
         device = resolve_device(args.device)
-    except RuntimeError as exc:
+    except (RuntimeError, ValueError) as exc:
         raise CliError(f"--device {args.device}: {exc}") from exc
     choice = choose_model(args.model, args.project_dir)
     model = load_trained_model(choice.path, pretrained=choice.pretrained)

@@ -92,8 +92,8 @@ class PConvInpaintingModel(mlflow.pyfunc.PythonModel):
         self.model = None
 
     def load_context(self, context) -> None:
-        from aerial_inpainting.inference import resolve_device
         from aerial_inpainting.pconv.checkpoint import load_model
+        from aerial_inpainting.pconv.devices import resolve_device
 
         device = resolve_device(self.device)
         self.model = load_model(context.artifacts[CHECKPOINT_ARTIFACT], map_location=device)
@@ -102,7 +102,8 @@ class PConvInpaintingModel(mlflow.pyfunc.PythonModel):
         self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None
     ) -> pd.DataFrame:
         """Inpaint every row of ``model_input`` (columns ``image``, ``mask``)."""
-        from aerial_inpainting.inference import inpaint_image, resolve_device
+        from aerial_inpainting.inference import inpaint_image
+        from aerial_inpainting.pconv.devices import resolve_device
 
         if self.model is None:  # used without load_context (unwrapped, unit tests)
             raise RuntimeError("model not loaded: load it with mlflow.pyfunc.load_model")

@@ -23,7 +23,6 @@ can follow.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 import sys
@@ -34,10 +33,12 @@ from typing import Any
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from aerial_inpainting.pconv import distributed as ddp
-from aerial_inpainting.pconv.train import MlflowCallback, TrainConfig, train
+from aerial_inpainting.pconv.config import TrainConfig
+from aerial_inpainting.pconv.train import train
 from aerial_inpainting.pconv.train_distributed import join_process_group
 from aerial_inpainting.pipelines.training.nodes import build_training_data, training_outputs
 from aerial_inpainting.pipelines.training.pipeline import create_pipeline
+from aerial_inpainting.tracking import training_callbacks
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ def start_mlflow_run(context, cfg: TrainConfig):
         config.tracking.experiment.name = context._package_name
     config.setup(context)  # tracking URI, credentials, experiment
     run = mlflow.start_run(run_name=config.tracking.run.name)
-    flat = pd.json_normalize({"training": dataclasses.asdict(cfg)}, sep=".").iloc[0]
+    flat = pd.json_normalize({"training": cfg.to_dict()}, sep=".").iloc[0]
     mlflow.log_params({k: str(v)[:500] for k, v in flat.items()})
     mlflow.set_tag("training.launcher", "torchrun")
     return run
@@ -142,7 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         data = build_training_data(**inputs, cfg=cfg, mask_shapes=shapes)
         if ctx.is_main and not args.no_mlflow:
             run = start_mlflow_run(context, cfg)
-        result = train(cfg, data, [MlflowCallback()] if run is not None else [], dist_ctx=ctx)
+        callbacks = training_callbacks(cfg.grid_dir, mlflow=run is not None)
+        result = train(cfg, data, callbacks, dist_ctx=ctx)
         if ctx.is_main:
             import mlflow
 

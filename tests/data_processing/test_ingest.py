@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import conf_parameters
 from PIL import Image
 
 from aerial_inpainting.datasets import AerialFolderDataset, ImageArrayDataset
@@ -18,12 +19,15 @@ from aerial_inpainting.pipelines.data_processing.nodes import (
     ingest_images,
 )
 
-PARAMS = {
-    "image_size": 32,
-    "num_workers": 1,
-    "progress_bar": False,
-    "synthetic": {"seed": 3, "classes": ["Forest", "Desert"], "images_per_class": 3},
-}
+PARAMS = conf_parameters(
+    "data_processing",
+    {
+        "image_size": 32,
+        "num_workers": 1,
+        "progress_bar": False,
+        "synthetic": {"seed": 3, "classes": ["Forest", "Desert"], "images_per_class": 3},
+    },
+)
 
 
 def _tree_hashes(root: Path) -> dict[str, str]:

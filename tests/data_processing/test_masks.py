@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import conf_parameters
 from kedro.io import DatasetError, Version
 from PIL import Image
 
@@ -20,7 +21,11 @@ from aerial_inpainting.pipelines.data_processing.nodes import (
     plot_mask_examples,
 )
 
-PARAMS = {"image_size": 32, "progress_bar": False, "masks": {"seed": 11, "train_pool_size": 13}}
+PARAMS = conf_parameters(
+    "data_processing",
+    {"image_size": 32, "progress_bar": False, "masks": {"seed": 11, "train_pool_size": 13}},
+)
+PARAMS["masks"]["shapes"] = {}  # MaskShapeConfig's defaults
 
 
 def _test_split(n: int) -> pd.DataFrame:

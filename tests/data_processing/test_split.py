@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import conf_parameters
 from kedro.io import Version
 from kedro_datasets.pandas import CSVDataset
 
@@ -14,6 +15,11 @@ from aerial_inpainting.pipelines.data_processing.nodes import (
     split_train_test,
     split_train_validation,
 )
+
+
+def _params(split: dict) -> dict:
+    """data_processing parameters of conf/base with ``split`` merged in."""
+    return conf_parameters("data_processing", {"split": split})
 
 
 def _index(counts: dict[str, int]) -> pd.DataFrame:
@@ -40,7 +46,7 @@ COUNTS = {"Agriculture": 40, "Beach": 20, "City": 7, "Desert": 2}
 
 def test_split_is_stratified_and_covers_every_class():
     index = _index(COUNTS)
-    train, test = split_train_test(index, {"split": {"seed": 1, "test_fraction": 0.1}})
+    train, test = split_train_test(index, _params({"seed": 1, "test_fraction": 0.1}))
     # expected per class: round(n * 0.1) clipped to [1, n - 1], computed by hand
     expected_test = {"Agriculture": 4, "Beach": 2, "City": 1, "Desert": 1}
     assert test.class_name.value_counts().to_dict() == expected_test
@@ -55,9 +61,9 @@ def test_split_is_stratified_and_covers_every_class():
 
 def test_split_depends_on_seed_and_fraction():
     index = _index(COUNTS)
-    _, a = split_train_test(index, {"split": {"seed": 1, "test_fraction": 0.1}})
-    _, b = split_train_test(index, {"split": {"seed": 2, "test_fraction": 0.1}})
-    _, c = split_train_test(index, {"split": {"seed": 1, "test_fraction": 0.5}})
+    _, a = split_train_test(index, _params({"seed": 1, "test_fraction": 0.1}))
+    _, b = split_train_test(index, _params({"seed": 2, "test_fraction": 0.1}))
+    _, c = split_train_test(index, _params({"seed": 1, "test_fraction": 0.5}))
     assert a.row.tolist() != b.row.tolist()
     assert c.class_name.value_counts().to_dict() == {
         "Agriculture": 20,
@@ -68,23 +74,21 @@ def test_split_depends_on_seed_and_fraction():
 
 
 def test_split_of_a_class_does_not_depend_on_other_classes():
-    _, full = split_train_test(_index(COUNTS), {"split": {"seed": 5}})
-    _, alone = split_train_test(_index({"Agriculture": 40}), {"split": {"seed": 5}})
+    _, full = split_train_test(_index(COUNTS), _params({"seed": 5}))
+    _, alone = split_train_test(_index({"Agriculture": 40}), _params({"seed": 5}))
     assert full[full.class_name == "Agriculture"].image_id.tolist() == alone.image_id.tolist()
 
 
 def test_class_with_one_image_is_a_clear_error():
     with pytest.raises(ValueError, match=r"at least 2 images.*Solo \(1\)"):
-        split_train_test(_index({"Agriculture": 5, "Solo": 1}), {"split": {"seed": 0}})
+        split_train_test(_index({"Agriculture": 5, "Solo": 1}), _params({"seed": 0}))
 
 
 def test_split_files_are_byte_identical_across_runs(tmp_path: Path):
     index = _index(COUNTS)
     written = []
     for run in range(2):
-        train, test = split_train_test(
-            index.sample(frac=1, random_state=run), {"split": {"seed": 3}}
-        )
+        train, test = split_train_test(index.sample(frac=1, random_state=run), _params({"seed": 3}))
         for name, frame in (("train", train), ("test", test)):
             dataset = CSVDataset(
                 filepath=str(tmp_path / f"{name}.csv"),
@@ -100,7 +104,7 @@ def test_split_files_are_byte_identical_across_runs(tmp_path: Path):
 
 def test_validation_split_is_stratified_disjoint_and_leaves_the_test_split_alone():
     index = _index(COUNTS)
-    params = {"split": {"seed": 1, "test_fraction": 0.1, "val_fraction": 0.1}}
+    params = _params({"seed": 1, "test_fraction": 0.1, "val_fraction": 0.1})
     rest, test = split_train_test(index, params)
     train, val = split_train_validation(rest, params)
     # per class of the rest (36, 18, 6, 1): round(n * 0.1) clipped to [1, n - 1], by hand;
@@ -112,8 +116,8 @@ def test_validation_split_is_stratified_disjoint_and_leaves_the_test_split_alone
     pd.testing.assert_frame_equal(again_test, test)  # the test split does not see val_fraction
     pd.testing.assert_frame_equal(split_train_validation(again_rest, params)[1], val)
     none_train, none_val = split_train_validation(
-        rest, {"split": {**params["split"], "val_fraction": 0}}
+        rest, {**params, "split": {**params["split"], "val_fraction": 0}}
     )
     assert none_val.empty and len(none_train) == len(rest)
     with pytest.raises(ValueError, match="val_fraction"):
-        split_train_validation(rest, {"split": {"seed": 1, "val_fraction": 1.5}})
+        split_train_validation(rest, _params({"seed": 1, "val_fraction": 1.5}))

@@ -54,7 +54,7 @@ def test_sync_batchnorm_run_matches_single_process_with_the_same_global_batch(
     _, load = two_process_job
     single = single_process(tmp_path)
     reference = single.model.state_dict()
-    start = TrainConfig.from_params(tiny_params(tmp_path)).unet_config()
+    start = TrainConfig.from_params(tiny_params(tmp_path)).model
     torch.manual_seed(3)  # training.seed: the initial weights of both runs
     initial = PConvUNet(start).state_dict()
     moved = max_diff(reference, initial)

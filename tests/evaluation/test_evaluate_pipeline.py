@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import conf_parameters
 from kedro.io import DatasetError
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
@@ -22,14 +23,14 @@ from aerial_inpainting.pipelines.evaluate import nodes
 
 SIZE = 32
 N_IMAGES = 8
-PARAMS = {
+PARAMS = conf_parameters("evaluate") | {
     "seed": 3,
     "device": "cpu",
     "batch_size": 3,
     "tta": False,
     "metrics_batch_size": 4,
-    "workers": 1,
-    "progress": False,
+    "num_workers": 1,
+    "progress_bar": False,
     "baselines": ["telea", "navier_stokes", "biharmonic", "mean_fill"],
     "telea_radius": 3,
     "ns_radius": 3,
@@ -186,7 +187,7 @@ def test_evaluate_pipeline_end_to_end(kedro_project: Path, capsys: pytest.Captur
     with _catalog(kedro_project) as catalog:
         catalog.save("model", _tiny_model())
     # Two scoring processes: the spawned pool path of the real runs.
-    run_pipeline(kedro_project, "evaluate", {"evaluate": {**PARAMS, "workers": 2}})
+    run_pipeline(kedro_project, "evaluate", {"evaluate": {**PARAMS, "num_workers": 2}})
     out = capsys.readouterr().out
     assert "Mean PSNR: " in out and "OpenCV Telea: " in out
     assert "Mean LPIPS: " in out  # a value, or n/a where the weights were never fetched

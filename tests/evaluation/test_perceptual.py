@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import conf_parameters
 
 from aerial_inpainting import pretrained
 from aerial_inpainting.evaluation import perceptual, report
@@ -18,11 +19,11 @@ from aerial_inpainting.pipelines.evaluate import nodes
 
 SIZE = 40
 N = 6
-PARAMS = {
+PARAMS = conf_parameters("evaluate") | {
     "seed": 0,
     "metrics_batch_size": 4,
-    "workers": 1,
-    "progress": False,
+    "num_workers": 1,
+    "progress_bar": False,
     "baselines": ["telea", "navier_stokes", "biharmonic", "mean_fill"],
     "telea_radius": 3,
     "ns_radius": 3,
@@ -109,7 +110,7 @@ def test_every_method_gets_the_reference_lpips_of_its_composite(imagenet_weights
 
     images, eval_set, masks, outputs = _data()
     per_image = nodes.compute_metrics(
-        images, eval_set, masks, outputs, {**PARAMS, "workers": workers}
+        images, eval_set, masks, outputs, {**PARAMS, "num_workers": workers}
     )
     reference = _reference_lpips("alex")
     for method in ["model", *PARAMS["baselines"]]:

@@ -37,7 +37,7 @@ TINY_RUN = {
     },
     "evaluate": {
         "device": "cpu",
-        "progress": False,
+        "progress_bar": False,
         "baselines": ["mean_fill"],
         "biharmonic_sample": 2,
         "num_examples": 1,

@@ -66,7 +66,7 @@ def test_inpaint_pipeline_fills_images_and_lists_problems(kedro_project, kedro_r
     write_png(images_dir / "mismatch.png", smooth_image(16, 16, seed=4))
     write_png(masks_dir / "mismatch.png", np.full((8, 16), 255, np.uint8))
 
-    kedro_runner(project, "inpaint", {"inpaint.progress": False})
+    kedro_runner(project, "inpaint", {"inpaint.progress_bar": False})
 
     out_dir = project / "data/07_model_output"
     result = read_png(out_dir / "inpainted/field.png")

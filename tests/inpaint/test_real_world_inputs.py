@@ -42,7 +42,7 @@ PIPELINE_PARAMS = {
     "max_image_pixels": None,
     "preview_max_height": 64,
     "fail_on_error": False,
-    "progress": False,
+    "progress_bar": False,
 }
 
 

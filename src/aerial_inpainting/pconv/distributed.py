@@ -34,6 +34,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from aerial_inpainting.pconv.devices import resolve_device
+
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "nccl", "gloo")
@@ -80,33 +82,6 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return backend
 
 
-def resolve_device(device: str | None, local_rank: int) -> torch.device:
-    """The device of one process: ``auto``/``cuda`` -> ``cuda:<local_rank>`` when CUDA exists."""
-    name = device or "auto"
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(name)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"training.device={device!r} but CUDA is not available here")
-        if dev.index is not None:
-            raise ValueError(
-                f"training.device={device!r} names one GPU, but each process of a data-parallel "
-                "run uses cuda:<local rank>: set training.device to auto or cuda"
-            )
-        count = torch.cuda.device_count()
-        if local_rank >= count:
-            raise ValueError(
-                f"local rank {local_rank} has no GPU: only {count} visible; start at most "
-                f"{count} processes per node (torchrun --nproc_per_node / training.devices)"
-            )
-        dev = torch.device("cuda", local_rank)
-        torch.cuda.set_device(dev)
-    elif dev.type not in ("cpu",):
-        raise ValueError(f"distributed training runs on CUDA or CPU, not {dev}")
-    return dev
-
-
 def init_distributed(
     backend: str = "auto", device: str | None = "auto", timeout_s: float = 1800.0
 ) -> DistContext:
@@ -120,7 +95,9 @@ def init_distributed(
     local_rank = _env_int("LOCAL_RANK", 0)
     if dist.is_available() and dist.is_initialized():
         world_size, rank = dist.get_world_size(), dist.get_rank()
-        dev = resolve_device(device, local_rank) if world_size > 1 else torch.device("cpu")
+        dev = (
+            resolve_device(device, local_rank=local_rank) if world_size > 1 else torch.device("cpu")
+        )
         return DistContext(rank, local_rank, world_size, dist.get_backend(), dev)
     if world_size <= 1:
         return DistContext(device=torch.device("cpu"))
@@ -132,7 +109,7 @@ def init_distributed(
             f"WORLD_SIZE={world_size} but {missing} not set: start the job with torchrun "
             "(or aerial_inpainting.pconv.distributed.launch_local)"
         )
-    dev = resolve_device(device, local_rank)
+    dev = resolve_device(device, local_rank=local_rank)
     backend_name = resolve_backend(backend, dev)
     dist.init_process_group(
         backend=backend_name,

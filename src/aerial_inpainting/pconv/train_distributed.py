@@ -5,8 +5,9 @@ copied, when they already are a ``.npy`` file), starts ``n`` local processes wit
 :func:`aerial_inpainting.pconv.distributed.launch_local` (torch's elastic launch, what
 ``torchrun --standalone`` does), and reads back the model that rank 0 saved. Every process
 runs :func:`run_worker`: join the group, load the bundle, run the shared loop
-:func:`aerial_inpainting.pconv.train.train`. Rank 0 logs into the MLflow run of the launching
-process (kedro-mlflow's) without starting or ending it, so a ``kedro run`` keeps one run.
+:func:`aerial_inpainting.pconv.train.train`. Rank 0 alone builds the reporting callbacks, from
+a picklable factory given by the caller (the Kedro node passes one that logs into its own
+MLflow run without starting or ending it, so a ``kedro run`` keeps one run).
 
 The ``torchrun`` command line for one or several nodes is
 :mod:`aerial_inpainting.torchrun_training`; it shares :func:`join_process_group` with this.
@@ -17,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -27,10 +28,10 @@ import torch
 
 from aerial_inpainting.pconv import distributed as ddp
 from aerial_inpainting.pconv.checkpoint import atomic_torch_save, load_model, save_model
+from aerial_inpainting.pconv.config import TrainConfig
 from aerial_inpainting.pconv.data import AugmentConfig, InpaintingTrainDataset
 from aerial_inpainting.pconv.train import (
-    MlflowCallback,
-    TrainConfig,
+    TrainingCallback,
     TrainingData,
     TrainResult,
     history_frame,
@@ -43,12 +44,7 @@ _BUNDLE_FILE = "bundle.pt"
 _IMAGES_FILE = "images.npy"
 
 
-@dataclass
-class MlflowTarget:
-    """An existing MLflow run that rank 0 logs into."""
-
-    tracking_uri: str
-    run_id: str
+CallbackFactory = Callable[[], Sequence[TrainingCallback]]
 
 
 @dataclass
@@ -58,7 +54,7 @@ class WorkerJob:
     params: dict[str, Any]
     bundle_dir: str
     result_path: str
-    mlflow: MlflowTarget | None = None
+    callbacks: CallbackFactory | None = None  # called by rank 0 only
     log_level: str = "INFO"
 
 
@@ -141,11 +137,7 @@ def run_worker(job: WorkerJob) -> dict[str, Any] | None:
     ctx = join_process_group(cfg, job.log_level)
     try:
         data = load_bundle(job.bundle_dir)
-        callbacks = []
-        if ctx.is_main and job.mlflow is not None:
-            callbacks.append(
-                MlflowCallback(run_id=job.mlflow.run_id, tracking_uri=job.mlflow.tracking_uri)
-            )
+        callbacks = list(job.callbacks()) if ctx.is_main and job.callbacks is not None else []
         result = train(cfg, data, callbacks, dist_ctx=ctx)
         if not ctx.is_main:
             return None
@@ -175,10 +167,11 @@ def train_multiprocess(
     params: Mapping[str, Any],
     data: TrainingData,
     n_procs: int,
-    mlflow_target: MlflowTarget | None = None,
+    callbacks: CallbackFactory | None = None,
 ) -> TrainResult:
     """Train in ``n_procs`` local processes (one per GPU, or gloo processes on the CPU) and
-    return rank 0's result. ``params`` is ``params:training``."""
+    return rank 0's result. ``params`` is ``params:training``; ``callbacks`` (picklable, e.g.
+    a ``functools.partial``) makes rank 0's training callbacks."""
     cfg = TrainConfig.from_params(params)
     on_cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
     if on_cuda and n_procs > torch.cuda.device_count():
@@ -192,7 +185,7 @@ def train_multiprocess(
             params=dict(params),
             bundle_dir=tmp,
             result_path=str(Path(tmp) / "result.safetensors"),
-            mlflow=mlflow_target,
+            callbacks=callbacks,
             log_level=logging.getLevelName(logging.getLogger().getEffectiveLevel()),
         )
         logger.info("Launching %d training processes (torch elastic launch)", n_procs)

@@ -6,6 +6,7 @@ import logging
 import re
 import zlib
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,11 @@ from aerial_inpainting.imaging.synthetic import (
     generate_scene,
     scene_rng,
     synthetic_file_name,
+)
+from aerial_inpainting.parameters import (
+    DataProcessingParams,
+    LargeHolesParams,
+    MaskParams,
 )
 
 logger = logging.getLogger(__name__)
@@ -66,19 +72,19 @@ def _image_ids(entries: list[tuple[str, str]]) -> list[str]:
     return ids
 
 
-def _progress(params: dict[str, Any]) -> bool | None:
-    return params.get("progress_bar")
+def _progress(params: DataProcessingParams) -> bool | None:
+    return params.progress_bar
 
 
 def _synthetic_images(
-    listing: AerialListing, params: dict[str, Any]
+    listing: AerialListing, params: DataProcessingParams
 ) -> tuple[np.ndarray, pd.DataFrame, pd.DataFrame]:
-    synth = params.get("synthetic", {}) or {}
-    size = int(params.get("image_size", 256))
-    gen_size = int(synth.get("size") or size)
-    classes = list(synth.get("classes") or SYNTHETIC_CLASSES)
-    per_class = int(synth.get("images_per_class", 40))
-    seed = int(synth.get("seed", 0))
+    synth = params.synthetic
+    size = params.image_size
+    gen_size = int(synth.size or size)
+    classes = list(synth.classes or SYNTHETIC_CLASSES)
+    per_class = synth.images_per_class
+    seed = synth.seed
     logger.warning(
         "SYNTHETIC DATA: raw folder %s is %s, so %d procedurally generated scenes "
         "(%d classes x %d, seed %d) are used. These are NOT SkyView aerial photographs; "
@@ -130,32 +136,33 @@ def _synthetic_images(
     return images, index[INDEX_COLUMNS], report
 
 
-def _disabled(params: dict[str, Any]) -> bool | None:
+def _disabled(params: DataProcessingParams) -> bool | None:
     progress = _progress(params)
     return None if progress is None else not progress
 
 
 def ingest_images(
-    raw_aerial_landscapes: AerialListing, params: dict[str, Any]
+    raw_aerial_landscapes: AerialListing, params: Mapping[str, Any]
 ) -> tuple[np.ndarray, pd.DataFrame, pd.DataFrame]:
     """Decode every class folder into one uint8 stack, an index table and a quality report.
 
     Falls back to seeded synthetic scenes when the raw folder is missing or empty. Files
     that cannot be read are skipped and reported; the raw folder is only ever read.
     """
+    params = DataProcessingParams.parse(params)
     listing = raw_aerial_landscapes
     if listing.is_empty:
         return _synthetic_images(listing, params)
 
-    size = int(params.get("image_size", 256))
-    small_images = params.get("small_images", "skip")
+    size = params.image_size
+    small_images = params.small_images
     entries = listing.entries
     ids = _image_ids(entries)
     images, outcomes = decode_images(
         [path for _, path in entries],
         size,
         small_images=small_images,
-        num_workers=params.get("num_workers"),
+        num_workers=params.num_workers,
         progress=_progress(params),
     )
 
@@ -227,16 +234,15 @@ def ingest_images(
 
 
 def split_train_test(
-    image_index: pd.DataFrame, params: dict[str, Any]
+    image_index: pd.DataFrame, params: Mapping[str, Any]
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Stratified, seeded train/test split: the test fraction is taken inside every class.
 
     Each class gets its own generator, seeded from (seed, class name), so adding a class
     never changes the split of the others. Every class lands in both splits.
     """
-    split = params.get("split", {}) or {}
-    seed = int(split.get("seed", 0))
-    fraction = float(split.get("test_fraction", 0.1))
+    split = DataProcessingParams.parse(params).split
+    seed, fraction = split.seed, split.test_fraction
     if not 0 < fraction < 1:
         raise ValueError(f"split.test_fraction must be in (0, 1), got {fraction}")
     counts = image_index.groupby("class_name").size()
@@ -268,7 +274,7 @@ def split_train_test(
 
 
 def split_train_validation(
-    train_split: pd.DataFrame, params: dict[str, Any]
+    train_split: pd.DataFrame, params: Mapping[str, Any]
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Carve a stratified, seeded validation split out of the training split.
 
@@ -277,8 +283,8 @@ def split_train_validation(
     test split's. Training monitoring and the choice of checkpoints use it, never the test split.
     Returns ``(fit_split, val_split)``.
     """
-    split = params["split"]
-    seed, fraction = int(split["seed"]), float(split["val_fraction"])
+    split = DataProcessingParams.parse(params).split
+    seed, fraction = split.seed, split.val_fraction
     if not 0 <= fraction < 1:
         raise ValueError(
             f"parameters_data_processing.yml: split.val_fraction must be in [0, 1), got {fraction}"
@@ -296,14 +302,10 @@ def split_train_validation(
     return fit, val
 
 
-def _mask_params(params: dict[str, Any]) -> tuple[int, int, MaskShapeConfig, dict[str, Any]]:
-    masks = params.get("masks", {}) or {}
-    return (
-        int(params.get("image_size", 256)),
-        int(masks.get("seed", 0)),
-        MaskShapeConfig.from_params(masks.get("shapes")),
-        masks,
-    )
+def _mask_params(params: Mapping[str, Any]) -> tuple[int, int, MaskShapeConfig, MaskParams]:
+    parsed = DataProcessingParams.parse(params)
+    masks = parsed.masks
+    return parsed.image_size, masks.seed, MaskShapeConfig.from_params(masks.shapes), masks
 
 
 def _balanced_buckets(n: int, rng: np.random.Generator) -> list[str]:
@@ -316,8 +318,9 @@ def _balanced_buckets(n: int, rng: np.random.Generator) -> list[str]:
 
 
 def _make_masks(
-    prefix: str, n: int, stream: int, params: dict[str, Any]
+    prefix: str, n: int, stream: int, params: Mapping[str, Any]
 ) -> tuple[dict[str, np.ndarray], list[str], list[float], list[str]]:
+    params = DataProcessingParams.parse(params)
     size, seed, config, _ = _mask_params(params)
     buckets = _balanced_buckets(n, np.random.default_rng([seed, stream, 2**31]))
     masks, ids, ratios = {}, [], []
@@ -334,7 +337,7 @@ def _make_masks(
 
 
 def _masks_for_split(
-    split: pd.DataFrame, prefix: str, stream: int, params: dict[str, Any]
+    split: pd.DataFrame, prefix: str, stream: int, params: Mapping[str, Any]
 ) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
     """One fixed mask per image of ``split`` from its own random stream, buckets balanced."""
     masks, ids, ratios, buckets = _make_masks(prefix, len(split), stream, params)
@@ -353,23 +356,23 @@ def _masks_for_split(
 
 
 def generate_test_masks(
-    test_split: pd.DataFrame, params: dict[str, Any]
+    test_split: pd.DataFrame, params: Mapping[str, Any]
 ) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
     """One fixed mask per test image; hole ratios spread evenly over the six buckets."""
     return _masks_for_split(test_split, "test", TEST_STREAM, params)
 
 
 def generate_val_masks(
-    val_split: pd.DataFrame, params: dict[str, Any]
+    val_split: pd.DataFrame, params: Mapping[str, Any]
 ) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
     """One fixed mask per validation image, like the test masks but from their own stream."""
     return _masks_for_split(val_split, "val", VAL_STREAM, params)
 
 
-def generate_train_masks(params: dict[str, Any]) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
+def generate_train_masks(params: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
     """A seeded pool of training masks, hole ratios spread over (0.01, 0.6]."""
     _, _, _, mask_params = _mask_params(params)
-    n = int(mask_params.get("train_pool_size", 200))
+    n = mask_params.train_pool_size
     if n < 1:
         raise ValueError(f"masks.train_pool_size must be >= 1, got {n}")
     masks, ids, ratios, buckets = _make_masks("train", n, TRAIN_STREAM, params)
@@ -405,7 +408,7 @@ def plot_mask_examples(test_masks: dict[str, np.ndarray], test_mask_index: pd.Da
 
 
 def generate_large_test_masks(
-    test_split: pd.DataFrame, image_size: int, params: dict[str, Any]
+    test_split: pd.DataFrame, image_size: int, params: Mapping[str, Any]
 ) -> tuple[dict[str, np.ndarray], pd.DataFrame, pd.DataFrame]:
     """A second evaluation mask set: one large compact hole per test image (issue 14).
 
@@ -417,17 +420,18 @@ def generate_large_test_masks(
     """
     from aerial_inpainting.imaging.large_holes import large_hole_masks
 
-    n_images = params["n_images"]
-    if n_images is not None and int(n_images) < len(test_split):
+    params = LargeHolesParams.parse(params)
+    n_images = params.n_images
+    if n_images is not None and n_images < len(test_split):
         # A seeded sample keeps the second evaluation cheap; its rows stay in test-split order.
-        rng = np.random.default_rng([int(params["seed"]), 2**31])
-        test_split = test_split.iloc[np.sort(rng.permutation(len(test_split))[: int(n_images)])]
+        rng = np.random.default_rng([params.seed, 2**31])
+        test_split = test_split.iloc[np.sort(rng.permutation(len(test_split))[:n_images])]
     masks, index = large_hole_masks(
         test_split.image_id.astype(str).to_list(),
         int(image_size),
-        seed=int(params["seed"]),
-        min_fraction=float(params["min_fraction"]),
-        max_fraction=float(params["max_fraction"]),
+        seed=params.seed,
+        min_fraction=params.min_fraction,
+        max_fraction=params.max_fraction,
     )
     index["bucket"] = [bucket_of(r) for r in index["hole_ratio"]]
     logger.info(

@@ -24,6 +24,8 @@ from aerial_inpainting.evaluation import report
 from aerial_inpainting.evaluation.perceptual import lpips_available
 from aerial_inpainting.evaluation.scoring import Chunk, resolve_workers, score_chunks
 from aerial_inpainting.inference import fill_holes
+from aerial_inpainting.parameters import EvaluateParams
+from aerial_inpainting.pconv.devices import resolve_device
 from aerial_inpainting.pconv.tta import dihedral_mean
 
 logger = logging.getLogger(__name__)
@@ -47,21 +49,9 @@ PER_IMAGE_COLUMNS = [
 ]
 
 
-def _progress(params: Mapping[str, Any]) -> bool | None:
-    """tqdm's ``disable``: None (auto: only on a terminal) unless progress is switched off."""
-    return None if params.get("progress", True) else True
-
-
-def resolve_device(device: str | None) -> torch.device:
-    """``auto`` -> cuda, then mps, then cpu; anything else as given."""
-    if device in (None, "auto"):
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(device)
+def _progress(params: EvaluateParams) -> bool | None:
+    """tqdm's ``disable``: None (``progress_bar: null``: only on a terminal), else forced."""
+    return None if params.progress_bar is None else not params.progress_bar
 
 
 def _nchw(images: np.ndarray) -> torch.Tensor:
@@ -193,10 +183,11 @@ def predict_test_images(
     images: np.ndarray,
     evaluation_set: pd.DataFrame,
     evaluation_masks: np.ndarray,
-    params: Mapping[str, Any],
+    params: Mapping[str, Any] | EvaluateParams,
 ) -> np.ndarray:
     """The model's raw output for every test image, in ``evaluation_set`` order (uint8)."""
-    device = resolve_device(params.get("device", "auto"))
+    params = EvaluateParams.parse(params)
+    device = resolve_device(params.device)
     logger.info("Evaluating the model on %d test images (device %s)", len(evaluation_set), device)
     rows = evaluation_set["row"].to_numpy()
     return predict_images(
@@ -204,11 +195,11 @@ def predict_test_images(
         np.asarray(images[rows]),
         evaluation_masks,
         device,
-        int(params.get("batch_size", 16)),
-        autocast=bool(params.get("autocast", True)),
+        params.batch_size,
+        autocast=params.autocast,
         progress=_progress(params),
-        channels_last=bool(params.get("channels_last", True)),
-        tta=bool(params["tta"]),
+        channels_last=params.channels_last,
+        tta=params.tta,
     )
 
 
@@ -224,36 +215,36 @@ def compute_metrics(
     evaluation_set: pd.DataFrame,
     evaluation_masks: np.ndarray,
     model_outputs: np.ndarray,
-    params: Mapping[str, Any],
+    params: Mapping[str, Any] | EvaluateParams,
 ) -> pd.DataFrame:
     """Per-image metrics of the model and every baseline: one row per image and method.
 
     Biharmonic runs on a seeded sample (``biharmonic_sample``); chunks of
-    ``metrics_batch_size`` images are scored by ``workers`` processes (``auto``: one per CPU).
+    ``metrics_batch_size`` images are scored by ``num_workers`` processes (``auto``: one per CPU).
     ``lpips_net`` (``alex``, ``vgg`` or ``none``) picks the LPIPS backbone; without its
     converted ImageNet weights the ``lpips`` column is NaN and one WARNING names the command
     that fetches them.
     """
-    methods = list(params.get("baselines", bl.BASELINES))
+    params = EvaluateParams.parse(params)
+    methods = list(params.baselines)
     unknown = sorted(set(methods) - set(bl.BASELINES))
     if unknown:
         raise ValueError(
             f"evaluate.baselines: unknown baseline(s) {unknown}; choose from {list(bl.BASELINES)}"
         )
     n = len(evaluation_set)
-    workers = resolve_workers(params.get("workers", "auto"))
+    workers = resolve_workers(params.num_workers)
     # Chunks small enough that every worker gets several (load balance), never above the batch size.
-    chunk_size = max(
-        1, min(int(params.get("metrics_batch_size", 32)), math.ceil(n / (4 * workers)))
-    )
+    chunk_size = max(1, min(params.metrics_batch_size, math.ceil(n / (4 * workers))))
     workers = min(workers, math.ceil(n / chunk_size))  # no idle processes on a tiny test set
     in_sample = np.zeros(n, dtype=bool)
-    in_sample[biharmonic_sample(n, params.get("biharmonic_sample"), int(params.get("seed", 0)))] = (
-        True
-    )
+    in_sample[biharmonic_sample(n, params.biharmonic_sample, params.seed)] = True
     rows = evaluation_set["row"].to_numpy()
-    baseline_params = {k: params[k] for k in ("telea_radius", "ns_radius") if k in params}
-    lpips_net = params.get("lpips_net", "alex")
+    baseline_params: dict[str, Any] = {
+        "telea_radius": params.telea_radius,
+        "ns_radius": params.ns_radius,
+    }
+    lpips_net = params.lpips_net
     size = tuple(evaluation_masks.shape[1:3]) if n else None
     baseline_params["lpips_net"] = lpips_net if n and lpips_available(lpips_net, size) else None
     if len(model_outputs) != n:
@@ -301,9 +292,10 @@ def compute_metrics(
 
 
 def summarise_evaluation(
-    evaluation_per_image: pd.DataFrame, params: Mapping[str, Any]
+    evaluation_per_image: pd.DataFrame, params: Mapping[str, Any] | EvaluateParams
 ) -> tuple[pd.DataFrame, str, dict[str, dict[str, float | int]]]:
     """Summary table (CSV), the Markdown report and the MLflow metrics."""
+    params = EvaluateParams.parse(params)
     summary = report.summarise(evaluation_per_image)
     notes = []
     n_model = int((evaluation_per_image["method"] == "model").sum())
@@ -311,9 +303,9 @@ def summarise_evaluation(
     if n_bih and n_bih < n_model:
         notes.append(
             f"Biharmonic (slow) ran on a seeded random sample of {n_bih} of the {n_model} test images "
-            f"(`evaluate.biharmonic_sample`, seed {params.get('seed', 0)}); its figures are over that sample."
+            f"(`evaluate.biharmonic_sample`, seed {params.seed}); its figures are over that sample."
         )
-    lpips_net = params.get("lpips_net", "alex")
+    lpips_net = params.lpips_net
     if "lpips" in evaluation_per_image and evaluation_per_image["lpips"].notna().any():
         backbone = {"alex": "AlexNet", "vgg": "VGG-16"}.get(lpips_net, lpips_net)
         notes.append(
@@ -340,10 +332,11 @@ def plot_evaluation_examples(
     evaluation_masks: np.ndarray,
     model_outputs: np.ndarray,
     evaluation_per_image: pd.DataFrame,
-    params: Mapping[str, Any],
+    params: Mapping[str, Any] | EvaluateParams,
 ) -> Figure:
     """The model's best, median and worst test images by composite PSNR."""
-    picks = report.select_examples(evaluation_per_image, int(params.get("num_examples", 3)))
+    params = EvaluateParams.parse(params)
+    picks = report.select_examples(evaluation_per_image, params.num_examples)
     position = {m: i for i, m in enumerate(evaluation_set["mask_id"])}
     idx = np.array([position[mask_id] for _, mask_id in picks], dtype=int)
     return report.plot_examples(

@@ -31,8 +31,9 @@ from aerial_inpainting.inference import (
     compose_output,
     fill_holes,
     prepare_inputs,
-    resolve_device,
 )
+from aerial_inpainting.parameters import InpaintParams
+from aerial_inpainting.pconv.devices import resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -118,13 +119,13 @@ def inpaint_images(
     model: torch.nn.Module,
     images: Mapping[str, Any],
     masks: Mapping[str, Any],
-    params: Mapping[str, Any],
+    params: Mapping[str, Any] | InpaintParams,
 ) -> tuple[dict[str, Image.Image], dict[str, Image.Image], pd.DataFrame]:
     """Fill every image that has a mask; returns results, previews and a per-image report."""
+    params = InpaintParams.parse(params)
     image_ids = _image_partitions(images)
     mask_ids = _image_partitions(masks)
-    threshold = params.get("threshold", 128)
-    device = resolve_device(params.get("device", "auto"))
+    device = resolve_device(params.device)
     results: dict[str, Image.Image] = {}
     previews: dict[str, Image.Image] = {}
     rows: list[dict] = []
@@ -139,8 +140,7 @@ def inpaint_images(
             _row(orphan, None, mask_ids[orphan], status="skipped", message="mask without an image")
         )
 
-    progress = params.get("progress")
-    disable = None if progress is None else not progress
+    disable = None if params.progress_bar is None else not params.progress_bar
     for key in tqdm(sorted(image_ids), desc="inpaint", disable=disable):
         image_file, mask_file = image_ids[key], mask_ids.get(key)
         if mask_file is None:
@@ -149,14 +149,14 @@ def inpaint_images(
             )
             continue
         try:
-            with pillow_pixel_limit(params.get("max_image_pixels")):
+            with pillow_pixel_limit(params.max_image_pixels):
                 picture = _load_picture(images[image_file], f"image {image_file}")
                 mask_picture = _load_picture(masks[mask_file], f"mask {mask_file}")
             inputs = prepare_inputs(
                 picture,
                 mask_picture,
-                threshold=threshold,
-                invert_mask=bool(params.get("invert_mask", False)),
+                threshold=params.threshold,
+                invert_mask=params.invert_mask,
                 name=f"image {image_file}",
                 mask_name=f"mask {mask_file}",
                 invert_hint="inpaint.invert_mask: true",
@@ -173,9 +173,9 @@ def inpaint_images(
                     inputs.rgb,
                     inputs.valid,
                     device=device,
-                    tile_size=params.get("tile_size"),
-                    overlap=int(params.get("overlap", 64)),
-                    max_size=int(params.get("max_size", 1024)),
+                    tile_size=params.tile_size,
+                    overlap=params.overlap,
+                    max_size=params.max_size,
                     name=str(image_file),
                 )
             result = compose_output(inputs, filled)
@@ -187,7 +187,7 @@ def inpaint_images(
             notes.append("mask has no hole: image copied unchanged")
         results[key] = Image.fromarray(result)
         previews[key] = preview_strip(
-            inputs.rgb, inputs.valid, result[:, :, :3], int(params.get("preview_max_height", 256))
+            inputs.rgb, inputs.valid, result[:, :, :3], params.preview_max_height
         )
         rows.append(
             _row(
@@ -208,7 +208,7 @@ def inpaint_images(
         listing = "\n".join(
             f"  - {r.image_file or r.mask_file}: {r.message}" for r in skipped.itertuples()
         )
-        if params.get("fail_on_error", False):
+        if params.fail_on_error:
             raise ValueError(f"inpaint: {len(skipped)} file(s) could not be processed:\n{listing}")
         logger.warning("inpaint: skipped %d file(s):\n%s", len(skipped), listing)
     logger.info("inpaint: %d image(s) written, %d skipped", len(results), len(skipped))

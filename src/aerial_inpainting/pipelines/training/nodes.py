@@ -24,19 +24,13 @@ import pandas as pd
 
 from aerial_inpainting.imaging.masks import MaskShapeConfig, random_mask
 from aerial_inpainting.pconv.checkpoint import save_model
-from aerial_inpainting.pconv.data import AugmentConfig, InpaintingTrainDataset, validation_batch
-from aerial_inpainting.pconv.train import (
-    MlflowCallback,
-    TrainConfig,
-    TrainingData,
-    TrainResult,
-    config_json,
-    loss_curve_figure,
-    train,
-)
-from aerial_inpainting.pconv.train_distributed import MlflowTarget, train_multiprocess
+from aerial_inpainting.pconv.config import TrainConfig
+from aerial_inpainting.pconv.data import InpaintingTrainDataset, validation_batch
+from aerial_inpainting.pconv.train import TrainingData, TrainResult, train
+from aerial_inpainting.pconv.train_distributed import train_multiprocess
 from aerial_inpainting.pconv.unet import PConvUNet
 from aerial_inpainting.project_paths import resolve_in_project
+from aerial_inpainting.tracking import config_json, loss_curve_figure, training_callbacks
 
 logger = logging.getLogger(__name__)
 
@@ -102,14 +96,14 @@ def build_training_data(
         mask_ids = sorted(train_masks)
     dataset = InpaintingTrainDataset(
         images, rows, [train_masks[k] for k in mask_ids] if generator is None else [],
-        size=cfg.train_size, seed=cfg.seed, augment=AugmentConfig(**cfg.augment),
+        size=cfg.train_size, seed=cfg.seed, augment=cfg.augment,
         mask_generator=generator,
     )  # fmt: skip
     val_rows, val_mask_ids = pick_validation_set(val_split, val_mask_index, cfg.val_images)
     val_image_batch = val_mask_batch = None
     if val_rows:
         val_image_batch, val_mask_batch = validation_batch(
-            images, val_rows, val_masks, val_mask_ids, multiple=2 ** cfg.unet_config().depth
+            images, val_rows, val_masks, val_mask_ids, multiple=2**cfg.model.depth
         )
     return TrainingData(
         dataset, val_image_batch, val_mask_batch, _describe_data(images, rows, mask_ids)
@@ -167,13 +161,15 @@ def train_model(
         mask_shapes=mask_shapes,
     )  # fmt: skip
     mlflow = _active_mlflow()
-    if cfg.devices > 1:
-        target = None
+    if cfg.devices > 1:  # rank 0 of the worker processes logs into this process's run
+        run = {}
         if mlflow is not None:
-            target = MlflowTarget(mlflow.get_tracking_uri(), mlflow.active_run().info.run_id)
-        result = train_multiprocess(params, data, cfg.devices, target)
+            run_id = mlflow.active_run().info.run_id
+            run = {"run_id": run_id, "tracking_uri": mlflow.get_tracking_uri()}
+        callbacks = partial(training_callbacks, cfg.grid_dir, mlflow is not None, **run)
+        result = train_multiprocess(params, data, cfg.devices, callbacks)
     else:
-        result = train(cfg, data, [MlflowCallback()] if mlflow is not None else [])
+        result = train(cfg, data, training_callbacks(cfg.grid_dir, mlflow is not None))
     return training_outputs(result, cfg, mlflow)
 
 

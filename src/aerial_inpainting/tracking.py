@@ -1,0 +1,218 @@
+"""Tracking and reporting of a training run, outside the plain-PyTorch ``pconv`` package.
+
+Callbacks of :func:`aerial_inpainting.pconv.train.train` (called by the master process only):
+
+* :class:`GridWriter`: each validation's image grid (masked input | mask | output | composite |
+  ground truth) as a PNG file under ``training.grid_dir``;
+* :class:`MlflowCallback`: losses, validation metrics, the grids and the run's info, logged to
+  an MLflow run.
+
+:func:`training_callbacks` builds both as the Kedro node, the multi-process workers and the
+torchrun entry point use them. Also here: the loss-curve figure and the JSON description
+logged next to the model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from aerial_inpainting.pconv.config import TrainConfig
+from aerial_inpainting.pconv.loss import LOSS_KEYS
+from aerial_inpainting.pconv.train import TrainingCallback
+from aerial_inpainting.pconv.unet import PConvUNet
+from aerial_inpainting.pconv.validation import ValidationSamples
+
+logger = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------ image grids
+def make_grid(
+    images: torch.Tensor, masks: torch.Tensor, output: torch.Tensor, comp: torch.Tensor
+) -> np.ndarray:
+    """uint8 (H, W, 3) grid, one row per image: masked input | mask | output | composite | truth.
+
+    Inputs are CPU float tensors in [0, 1], (N, 3, H, W) (masks (N, 1, H, W), 1 = valid);
+    holes are shown white in the masked input; tiles are separated by 2-pixel white lines.
+    """
+    masked = images * masks + (1 - masks)  # holes shown white
+    columns = [masked, masks.expand_as(images), output, comp, images]
+    rows = []
+    for i in range(images.shape[0]):
+        tiles = [c[i].clamp(0, 1).permute(1, 2, 0).numpy() for c in columns]
+        sep = np.ones((tiles[0].shape[0], 2, 3), dtype=np.float32)
+        row = [tiles[0]]
+        for t in tiles[1:]:
+            row += [sep, t]
+        rows.append(np.concatenate(row, axis=1))
+        rows.append(np.ones((2, rows[-1].shape[1], 3), dtype=np.float32))
+    return (np.concatenate(rows[:-1], axis=0) * 255 + 0.5).astype(np.uint8)
+
+
+class GridWriter(TrainingCallback):
+    """Writes each validation's grid to ``<directory>/val_grid_step<NNNNNNNNN>.png`` and hands
+    the path to ``on_saved`` (e.g. :meth:`MlflowCallback.log_grid`)."""
+
+    def __init__(
+        self, directory: str | Path, on_saved: Callable[[Path], None] | None = None
+    ) -> None:
+        self.directory = Path(directory)
+        self.on_saved = on_saved
+
+    def on_validation(
+        self, step: int, metrics: Mapping[str, float], samples: ValidationSamples
+    ) -> None:
+        grid = make_grid(samples.images, samples.masks, samples.output, samples.composite)
+        path = self.directory / f"val_grid_step{step:09d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(grid).save(path)
+        if self.on_saved is not None:
+            self.on_saved(path)
+
+
+# ------------------------------------------------------------------ MLflow
+class MlflowCallback(TrainingCallback):
+    """Logs metrics (with ``step``), validation grids and run info to an MLflow run.
+
+    The run is the active one (kedro-mlflow's) or, given ``run_id``, that run in
+    ``tracking_uri``: how rank 0 of a multi-process job logs into the run of the ``kedro run``
+    that launched it without starting or ending it. Tracking must never stop a training run:
+    MLflow errors are logged as warnings.
+    """
+
+    def __init__(
+        self,
+        artifact_path: str = "training",
+        run_id: str | None = None,
+        tracking_uri: str | None = None,
+    ) -> None:
+        import mlflow
+
+        self._mlflow = mlflow
+        self._client = mlflow.MlflowClient(tracking_uri)
+        self._run_id = run_id
+        self.artifact_path = artifact_path
+
+    def _call(self, what: str, fn, *args, **kwargs) -> None:
+        if self._run_id is not None:
+            run_id = self._run_id
+        else:
+            active = self._mlflow.active_run()
+            if active is None:
+                return
+            run_id = active.info.run_id
+        try:
+            fn(run_id, *args, **kwargs)
+        except Exception as exc:  # tracking is best effort
+            logger.warning("MLflow: could not %s (%s)", what, exc)
+
+    def _log_batch(self, run_id: str, metrics=(), params=(), tags=(), step: int = 0) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        now = int(time.time() * 1000)
+        self._client.log_batch(
+            run_id,
+            metrics=[Metric(k, v, now, step) for k, v in dict(metrics).items()],
+            params=[Param(k, v) for k, v in dict(params).items()],
+            tags=[RunTag(k, v) for k, v in dict(tags).items()],
+        )
+
+    def on_train_start(self, info: Mapping[str, Any]) -> None:
+        vgg = info.get("vgg", {})
+        tags = {
+            "training.device": info["device"],
+            "training.precision": info["precision"],
+            "training.config_fingerprint": info["fingerprint"],
+            "training.resumed_from_step": str(info["resumed_from_step"]),
+            "training.world_size": str(info.get("world_size", 1)),
+            **{f"vgg.{k}": str(v)[:500] for k, v in vgg.items()},
+        }
+        params = {f"vgg_info.{k}": str(v)[:500] for k, v in vgg.items()}
+        self._call("log the VGG params", self._log_batch, params=params)
+        self._call("set the run tags", self._log_batch, tags=tags)
+
+    def on_log(self, step: int, metrics: Mapping[str, float]) -> None:
+        self._call("log metrics", self._log_batch, metrics=_finite(metrics), step=step)
+
+    def on_validation(
+        self, step: int, metrics: Mapping[str, float], samples: ValidationSamples
+    ) -> None:
+        self._call("log metrics", self._log_batch, metrics=_finite(metrics), step=step)
+
+    def log_grid(self, path: Path) -> None:
+        """A grid PNG as an artifact under ``<artifact_path>/grids``."""
+        where = f"{self.artifact_path}/grids"
+        self._call("log the grid", self._client.log_artifact, str(path), artifact_path=where)
+
+
+def _finite(metrics: Mapping[str, float]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
+
+
+def training_callbacks(
+    grid_dir: str | None,
+    mlflow: bool,
+    run_id: str | None = None,
+    tracking_uri: str | None = None,
+) -> list[TrainingCallback]:
+    """The reporting of a training run: grids under ``grid_dir`` (None: no grids) and, with
+    ``mlflow``, an :class:`MlflowCallback` (active run, or ``run_id`` in ``tracking_uri``)
+    that also receives the grids. Picklable through ``functools.partial`` (worker processes)."""
+    tracker = MlflowCallback(run_id=run_id, tracking_uri=tracking_uri) if mlflow else None
+    callbacks: list[TrainingCallback] = []
+    if grid_dir:
+        callbacks.append(GridWriter(grid_dir, tracker.log_grid if tracker else None))
+    if tracker is not None:
+        callbacks.append(tracker)
+    return callbacks
+
+
+# ------------------------------------------------------------------ figures & descriptions
+def loss_curve_figure(history: pd.DataFrame, steps_stage1: int | None = None):
+    """Loss terms (log scale) and validation PSNR against step, with the stage boundary."""
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(12, 4.5))
+    steps = history.get("step", [])
+    for key in LOSS_KEYS:
+        col = f"loss_{key}"
+        if col in history and history[col].notna().any() and (history[col].fillna(0) > 0).any():
+            ax_loss.plot(steps, history[col], label=key, lw=2.5 if key == "total" else 1.2)
+    ax_loss.set_yscale("log")
+    ax_loss.set(xlabel="step", ylabel="loss (window mean)", title="Training losses")
+    for col, label in (
+        ("val_psnr", "composite PSNR"),
+        ("val_psnr_hole", "hole PSNR"),
+        ("val_psnr_hole_mean_fill", "hole PSNR, mean-colour fill"),
+    ):
+        if col in history and history[col].notna().any():
+            sel = history[col].notna()
+            ax_val.plot(history.loc[sel, "step"], history.loc[sel, col], marker="o", label=label)
+    ax_val.set(xlabel="step", ylabel="dB", title="Validation (fixed test images & masks)")
+    for ax in (ax_loss, ax_val):
+        if steps_stage1:
+            ax.axvline(steps_stage1, color="grey", ls="--", lw=1, label="stage 2 starts")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def config_json(model: PConvUNet, cfg: TrainConfig, info: Mapping[str, Any]) -> str:
+    """What is logged next to the model file so that it can be rebuilt and traced."""
+    return json.dumps(
+        {"model_config": model.config.to_dict(), "training": cfg.to_dict(), "info": dict(info)},
+        indent=2,
+        default=str,
+    )
