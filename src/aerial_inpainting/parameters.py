@@ -114,6 +114,7 @@ class EvaluateParams(Parameters):
 
     model_config = _config("evaluate", "conf/base/parameters_evaluate.yml")
 
+    model: Literal["trained", "pretrained", "auto"]
     seed: int
     device: str
     autocast: bool
@@ -137,6 +138,7 @@ class InpaintParams(Parameters):
 
     model_config = _config("inpaint", "conf/base/parameters_inpaint.yml")
 
+    model: Literal["trained", "pretrained", "auto"]
     invert_mask: bool
     device: str
     threshold: int | float | None

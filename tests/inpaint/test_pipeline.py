@@ -124,10 +124,10 @@ def test_without_a_trained_model_the_pipeline_uses_the_pretrained_one(kedro_proj
     write_png(project / "data/05_model_input/images/scene.png", image)
     write_png(project / "data/05_model_input/masks/scene.png", mask * 255)
 
-    kedro_runner(project, "inpaint", {"inpaint.progress": False})
+    kedro_runner(project, "inpaint", {"inpaint.progress_bar": False})
     result = read_png(project / "data/07_model_output/inpainted/scene.png")
     np.testing.assert_array_equal(result, inpaint_image(load_pretrained(), image, mask * 255))
     assert not (project / "data/06_models/pconv_unet.safetensors").exists()
 
     with pytest.raises(DatasetError, match="No trained model found"):
-        kedro_runner(project, "inpaint", {"inpaint.progress": False, "inpaint.model": "trained"})
+        kedro_runner(project, "inpaint", {"inpaint.progress_bar": False, "inpaint.model": "trained"})
