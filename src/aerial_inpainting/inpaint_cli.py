@@ -49,7 +49,13 @@ are holes, in the mask and in the image; the image's alpha is kept in OUT (fille
 become opaque). Any image size works; large images are processed in tiles, and every
 hole pixel gets a prediction, however far from the hole's edge. Valid pixels of OUT are
 exactly those of IMAGE: OUT must be a lossless format (PNG, TIFF, BMP, WEBP written
-lossless); JPEG and GIF are refused unless --allow-lossy is given."""
+lossless); JPEG and GIF are refused unless --allow-lossy is given.
+
+GeoTIFFs (with the optional extra: pip install -e ".[geo]") are read and written window by
+window, keeping CRS, geotransform, nodata, bands and tags: nodata pixels (and alpha or mask
+bands) are holes, so MASK may be left out; a MASK given adds its holes to them. Only 8-bit
+rasters are accepted; bands beyond RGB (+ alpha) are passed through untouched. Images above
+Pillow's limit, once --max-image-pixels lifts it, take the same windowed path."""
 
 _EPILOG = """\
 model: --model takes a model file written by the training pipeline
@@ -150,6 +156,25 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="read images of up to N pixels (0 = no limit; default: Pillow's "
         "decompression-bomb limit of about 179 million)",
+    )
+    geo = parser.add_argument_group(
+        'GeoTIFFs and very large rasters (optional extra: pip install -e ".[geo]")'
+    )
+    geo.add_argument(
+        "--window-size",
+        type=_positive_int,
+        default=2048,
+        metavar="N",
+        help="read GeoTIFFs in windows of at most N x N pixels (default 2048); memory "
+        "depends on this, not on the raster size",
+    )
+    geo.add_argument(
+        "--window-halo",
+        type=_non_negative_int,
+        default=256,
+        metavar="N",
+        help="context read around each window (default 256); half of it is blended with "
+        "the neighbouring windows",
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="only print errors")
     return parser
@@ -470,7 +495,7 @@ def inpaint_pair(
 
     say = say or (lambda message: _say(args, message))
     check_output_format(output_path, args.allow_lossy)
-    geo = _geo_route(image_path, mask_path)
+    geo = _geo_route(args, image_path)
     if geo is not None:
         return geo(args, image_path, mask_path, output_path, get_model, progress, say)
     if mask_path is None:
@@ -548,9 +573,91 @@ def _device(args: argparse.Namespace):
         raise CliError(f"--device {args.device}: {exc}") from exc
 
 
-def _geo_route(image_path: Path, mask_path: Path | None):
-    """The GeoTIFF path for georeferenced TIFFs, else None (Pillow path)."""
+def _geo_route(args: argparse.Namespace, image_path: Path):
+    """The windowed raster path (:mod:`aerial_inpainting.geotiff`) for this image, or None.
+
+    Taken for georeferenced TIFFs (CRS, geotransform or nodata; without rasterio a
+    CliError names the ``geo`` extra), and, when rasterio is installed, for images above
+    Pillow's decompression-bomb limit once the user lifted it with --max-image-pixels.
+    """
+    from aerial_inpainting import geotiff
+
+    if geotiff.is_georeferenced_tiff(image_path):
+        if not geotiff.has_rasterio():
+            raise CliError(f"image {image_path}: is a GeoTIFF; {geotiff.GEO_EXTRA}")
+        return _inpaint_geo
+    if args.max_image_pixels is not None and geotiff.has_rasterio():
+        pixels = _pixel_count(image_path)
+        if pixels is not None and pixels > _pillow_default_limit():
+            return _inpaint_geo
     return None
+
+
+def _pillow_default_limit() -> int:
+    from PIL import Image
+
+    return 2 * (Image.MAX_IMAGE_PIXELS or 0) or 2**62
+
+
+def _pixel_count(path: Path) -> int | None:
+    """Width x height from the header (Pillow, no decoding, no size limit), or None."""
+    from PIL import Image
+
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as image:
+                return image.width * image.height
+    except Exception:  # unreadable: the normal path says why
+        return None
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+
+
+def _inpaint_geo(
+    args: argparse.Namespace,
+    image_path: Path,
+    mask_path: Path | None,
+    output_path: Path,
+    get_model: Callable[[], object],
+    progress: bool | None,
+    say: Callable[[str], None],
+) -> PairOutcome:
+    """A raster through :func:`aerial_inpainting.geotiff.inpaint_raster` (window by window)."""
+    from aerial_inpainting.geotiff import GeoDependencyError, inpaint_raster
+    from aerial_inpainting.inference import InpaintingInputError
+
+    device = _device(args)
+    model = get_model()
+    try:
+        outcome = inpaint_raster(
+            model,
+            image_path,
+            output_path,
+            mask_path,
+            threshold=args.threshold if args.threshold is not None else None,
+            invert_mask=args.invert_mask,
+            device=device,
+            window_size=args.window_size,
+            halo=args.window_halo,
+            tile_size=args.tile_size,
+            overlap=args.overlap,
+            max_size=args.max_size,
+            model_label=str(getattr(get_model, "path", "") or ""),
+            progress=progress,
+            say=say,
+        )
+    except (InpaintingInputError, GeoDependencyError) as exc:
+        hint = " (e.g. --threshold 128)" if "not binary" in str(exc) else ""
+        raise CliError(f"{exc}{hint}") from exc
+    except RuntimeError as exc:
+        raise CliError(f"inference failed on {device}: {exc} (try --device cpu)") from exc
+    status = "inpainted" if outcome.hole_pixels else "unchanged"
+    if status == "unchanged":
+        say(f"{image_path}: no hole (no nodata, no mask hole); {output_path} is a copy")
+    return PairOutcome(status, outcome.hole_ratio, outcome.notes, outcome.width, outcome.height)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -649,7 +756,7 @@ def run_folder(args: argparse.Namespace) -> int:
                 )
                 say(f"{image_path}: skipped, {output_path} exists (--overwrite replaces it)")
                 continue
-            if mask_path is None and _geo_route(image_path, None) is None:
+            if mask_path is None and _geo_route(args, image_path) is None:
                 where = args.mask_dir or "(no --mask-dir given)"
                 raise CliError(f"image {image_path}: no mask named {stem}.* in {where}")
             if len(masks.get(stem, [])) > 1:
