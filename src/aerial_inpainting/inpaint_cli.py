@@ -171,10 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
     geo.add_argument(
         "--window-halo",
         type=_non_negative_int,
-        default=256,
+        default=None,
         metavar="N",
-        help="context read around each window (default 256); half of it is blended with "
-        "the neighbouring windows",
+        help="context read around each window; half of it is blended with the neighbouring "
+        "windows (default: twice the network's receptive radius, at most a quarter of "
+        "--window-size; 224 for the CPU network)",
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="only print errors")
     return parser
@@ -637,7 +638,7 @@ def _inpaint_geo(
             image_path,
             output_path,
             mask_path,
-            threshold=args.threshold if args.threshold is not None else None,
+            threshold=args.threshold,
             invert_mask=args.invert_mask,
             device=device,
             window_size=args.window_size,

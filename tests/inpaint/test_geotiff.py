@@ -234,3 +234,30 @@ def test_png_above_pillow_limit_goes_through_windows(tmp_path, model_file, capsy
     out = _read(tmp_path / "out.png")[0].transpose(1, 2, 0)  # GDAL reads it: no Pillow limit
     np.testing.assert_array_equal(out[~hole], image.transpose(1, 2, 0)[~hole])
     assert not (tmp_path / "out.png.aux.xml").exists()
+
+
+@pytest.mark.parametrize("depth", [3, 4])
+def test_receptive_radius_bounds_the_measured_one(depth):
+    """Perturb one input pixel and see how far the output changes (an independent measure)."""
+    import torch
+
+    from aerial_inpainting.pconv.unet import PConvUNet, UNetConfig
+
+    torch.manual_seed(0)
+    model = PConvUNet(UNetConfig(depth=depth, base_channels=4, max_channels=8)).eval()
+    n, centre = 256, 128
+    x, valid = torch.rand(1, 3, n, n), torch.ones(1, 1, n, n)
+    poked = x.clone()
+    poked[..., centre, centre] += 0.5
+    with torch.no_grad():
+        changed = (model(x, valid) - model(poked, valid)).abs().sum(dim=1)[0] > 0
+    ys, xs = torch.nonzero(changed, as_tuple=True)
+    measured = int(max((ys - centre).abs().max(), (xs - centre).abs().max()))
+    assert measured <= geotiff.receptive_radius(model) <= 2 * measured
+
+
+def test_window_too_small_for_its_halo(tmp_path, tiny_model):
+    image, _ = _scene()
+    src = _write(tmp_path / "ortho.tif", image)
+    with pytest.raises(InpaintingInputError, match="window size 100 is too small"):
+        inpaint_raster(tiny_model, src, tmp_path / "out.tif", window_size=100, halo=48)
