@@ -30,7 +30,8 @@ prepare_mask` for masks, :func:`~aerial_inpainting.inference.fill_holes` for the
   (rounding in the blend) on hole pixels within the network's reach of a valid pixel. The
   default halo is twice that bound, capped at a quarter of ``window_size``. Windows without any valid pixel (inside large nodata
   areas) take a filled overview of the whole raster (at most ``max_size`` on its longer side),
-  upsampled. Peak memory is that of one window, plus the overview.
+  upsampled. Peak memory is that of one window, plus the overview and GDAL's block cache
+  (capped at :data:`GDAL_CACHE_MB` unless ``GDAL_CACHEMAX`` is set).
 * Lossy compression of the input (JPEG, WEBP) is not reused for the output: the result is
   written DEFLATE-compressed so its valid pixels stay bit-identical.
 """
@@ -69,6 +70,7 @@ TIFF_SUFFIXES = frozenset({".tif", ".tiff"})
 GEO_TIFF_TAGS = frozenset({33550, 33922, 34264, 34735, 42113})
 LOSSY_COMPRESSION = frozenset({"jpeg", "webp", "lerc", "lerc_deflate", "lerc_zstd", "jxl"})
 DEFAULT_WINDOW_SIZE = 2048
+GDAL_CACHE_MB = 128  # GDAL's block cache during inpaint_raster, unless GDAL_CACHEMAX is set
 
 
 class GeoDependencyError(RuntimeError):
@@ -370,6 +372,9 @@ def inpaint_raster(
     multiple = model_multiple(model)
     with contextlib.ExitStack() as stack:
         stack.enter_context(_quiet_rasterio())
+        # GDAL's block cache would otherwise grow to 5 % of the RAM with the raster's size.
+        if "GDAL_CACHEMAX" not in os.environ:
+            stack.enter_context(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB))
         src = _open(rasterio, image_path, "image", stack)
         bands = _band_roles(src, name)
         mask_src = None
