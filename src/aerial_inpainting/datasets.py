@@ -3,6 +3,7 @@
 Sections (append new datasets as a new headed section at the end):
 * data_processing: AerialFolderDataset, ImageArrayDataset, MaskFolderDataset.
 * evaluate: VersionedMlflowArtifactDataset (versioned report files logged to MLflow).
+* inpaint: RasterFileDataset (a raster file handed over by path, for windowed processing).
 """
 
 from __future__ import annotations
@@ -404,3 +405,38 @@ class VersionedMlflowArtifactDataset(AbstractVersionedDataset):
         if version is not None:
             wrapped._version = version  # the catalog's version, before anything is saved
         return wrapped
+
+
+# ============================================================================ inpaint
+
+
+class RasterFileDataset(AbstractDataset[str, str]):
+    """A raster file (GeoTIFF, ...) passed by path: rasters of any size are read and written
+    window by window by :func:`aerial_inpainting.geotiff.inpaint_raster`, never loaded whole.
+
+    ``load`` returns the file's path (str). ``save`` takes the path of a finished file
+    (written by the node in a temporary folder) and moves it to ``filepath``, so a
+    half-written raster never appears there. Use inside a ``PartitionedDataset``.
+    """
+
+    def __init__(self, filepath: str, metadata: dict[str, Any] | None = None):
+        self._filepath = Path(filepath)
+        self.metadata = metadata
+
+    def load(self) -> str:
+        if not self._filepath.is_file():
+            raise DatasetError(f"RasterFileDataset: {self._filepath} does not exist")
+        return str(self._filepath)
+
+    def save(self, data: str | os.PathLike) -> None:
+        source = Path(data)
+        if not source.is_file():
+            raise DatasetError(f"RasterFileDataset: nothing to save, {source} is not a file")
+        self._filepath.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(source), self._filepath)
+
+    def _exists(self) -> bool:
+        return self._filepath.is_file()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": str(self._filepath)}

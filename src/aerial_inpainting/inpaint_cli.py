@@ -1,25 +1,33 @@
-"""``aerial-inpaint``: fill the holes of one image with a trained model, from the shell.
+"""``aerial-inpaint``: fill the holes of one image, or of a whole folder, from the shell.
 
 Exit status: 0 done; 1 bad input or no usable model (message on stderr, no traceback);
 2 bad command line; 3 the mask has no hole, so OUT is an unchanged copy of IMAGE.
+Folder mode (``--input-dir``): 0 when no pair failed, 1 when any did (each is listed in the
+CSV report with its reason; the others are still processed).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import logging
 import os
 import sys
 import tempfile
+import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NO_HOLE = 0, 1, 2, 3
+# Files picked up in --input-dir / --mask-dir (hidden files are ignored).
+INPUT_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"})
+REPORT_NAME = "inpaint_report.csv"
+REPORT_COLUMNS = ("file", "mask", "output", "status", "reason", "hole_ratio", "seconds")
 MODEL_DATASET_PATH = Path("data/06_models/pconv_unet.safetensors")
 LEGACY_MODEL_DATASET_PATH = Path("data/06_models/pconv_unet.pt")
 # Output formats that keep every pixel exactly (WEBP is written in its lossless mode).
@@ -41,7 +49,13 @@ are holes, in the mask and in the image; the image's alpha is kept in OUT (fille
 become opaque). Any image size works; large images are processed in tiles, and every
 hole pixel gets a prediction, however far from the hole's edge. Valid pixels of OUT are
 exactly those of IMAGE: OUT must be a lossless format (PNG, TIFF, BMP, WEBP written
-lossless); JPEG and GIF are refused unless --allow-lossy is given."""
+lossless); JPEG and GIF are refused unless --allow-lossy is given.
+
+GeoTIFFs (with the optional extra: pip install -e ".[geo]") are read and written window by
+window, keeping CRS, geotransform, nodata, bands and tags: nodata pixels (and alpha or mask
+bands) are holes, so MASK may be left out; a MASK given adds its holes to them. Only 8-bit
+rasters are accepted; bands beyond RGB (+ alpha) are passed through untouched. Images above
+Pillow's limit, once --max-image-pixels lifts it, take the same windowed path."""
 
 _EPILOG = """\
 model: --model takes a model file written by the training pipeline
@@ -54,8 +68,15 @@ project containing the current directory (or --project-dir) is used, and the pre
 model when there is none (stderr says which). Model files are read without running any
 code from them; old *.pt files: python -m aerial_inpainting.convert_model FILE.
 
-exit status: 0 done, 1 bad input or no usable model, 2 bad command line,
-3 the mask has no hole (OUT is a copy of IMAGE)."""
+folders: aerial-inpaint --input-dir DIR --mask-dir DIR --output-dir DIR inpaints every
+image of DIR (not its subfolders) with the mask of the same file stem (a.jpg <-> a.png).
+Results keep the input's name (JPEG inputs become .png); an existing result is left alone
+(status "exists") unless --overwrite is given. A pair that cannot be processed is reported
+with its reason and skipped. A CSV report (file, mask, output, status, reason, hole_ratio,
+seconds) goes to --report (default OUTPUT_DIR/inpaint_report.csv, replaced on each run).
+
+exit status: 0 done, 1 bad input or no usable model (folders: any pair failed),
+2 bad command line, 3 the mask has no hole (OUT is a copy of IMAGE)."""
 
 
 class CliError(Exception):
@@ -70,14 +91,31 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("image", metavar="IMAGE", help="image to inpaint (PNG, JPEG, TIFF, ...)")
-    parser.add_argument("mask", metavar="MASK", help="mask image: white = keep, black = fill")
+    parser.add_argument(
+        "image", metavar="IMAGE", nargs="?", help="image to inpaint (PNG, JPEG, TIFF, ...)"
+    )
+    parser.add_argument(
+        "mask", metavar="MASK", nargs="?", help="mask image: white = keep, black = fill"
+    )
     parser.add_argument(
         "-o",
         "--output",
         metavar="OUT",
-        required=True,
         help="where to write the result (PNG, TIFF, BMP or lossless WEBP; PNG without suffix)",
+    )
+    folders = parser.add_argument_group("whole folders (instead of IMAGE MASK -o OUT)")
+    folders.add_argument("--input-dir", metavar="DIR", help="inpaint every image in DIR")
+    folders.add_argument(
+        "--mask-dir", metavar="DIR", help="masks, matched to the images by file stem"
+    )
+    folders.add_argument("--output-dir", metavar="DIR", help="where the results go")
+    folders.add_argument(
+        "--overwrite", action="store_true", help="replace results that already exist"
+    )
+    folders.add_argument(
+        "--report",
+        metavar="CSV",
+        help=f"CSV report of the run (default OUTPUT_DIR/{REPORT_NAME})",
     )
     parser.add_argument(
         "--model",
@@ -125,6 +163,26 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="read images of up to N pixels (0 = no limit; default: Pillow's "
         "decompression-bomb limit of about 179 million)",
+    )
+    geo = parser.add_argument_group(
+        'GeoTIFFs and very large rasters (optional extra: pip install -e ".[geo]")'
+    )
+    geo.add_argument(
+        "--window-size",
+        type=_positive_int,
+        default=2048,
+        metavar="N",
+        help="read GeoTIFFs in windows of at most N x N pixels (default 2048); memory "
+        "depends on this, not on the raster size",
+    )
+    geo.add_argument(
+        "--window-halo",
+        type=_non_negative_int,
+        default=None,
+        metavar="N",
+        help="context read around each window; half of it is blended with the neighbouring "
+        "windows (default: twice the network's receptive radius, at most a quarter of "
+        "--window-size; 224 for the CPU network)",
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="only print errors")
     return parser
@@ -455,8 +513,56 @@ def load_trained_model(path: Path, pretrained: bool = False):
 
 
 # ------------------------------------------------------------------ main
-def run(args: argparse.Namespace) -> int:
-    """Do the work for parsed arguments; raise CliError on bad input."""
+@dataclass
+class PairOutcome:
+    """What happened to one image/mask pair: status ``inpainted`` or ``unchanged``."""
+
+    status: str
+    hole_ratio: float
+    notes: list[str]
+    width: int
+    height: int
+
+
+class ModelSource:
+    """The model, resolved and loaded once, on first use (inputs are checked before)."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self._model = None
+        self.choice: ModelChoice | None = None
+        self.path: Path | None = None
+
+    def resolve(self) -> Path:
+        """The model's path (``--model``, else the project's latest, else the pretrained)."""
+        if self.choice is None:
+            self.choice = choose_model(self.args.model, self.args.project_dir)
+            self.path = self.choice.path
+        return self.choice.path
+
+    def __call__(self):
+        if self._model is None:
+            path = self.resolve()
+            self._model = load_trained_model(path, pretrained=self.choice.pretrained)
+            _say(self.args, self.choice.label)
+        return self._model
+
+
+def inpaint_pair(
+    args: argparse.Namespace,
+    image_path: Path,
+    mask_path: Path | None,
+    output_path: Path,
+    get_model: Callable[[], object],
+    *,
+    progress: bool | None = None,
+    say: Callable[[str], None] | None = None,
+) -> PairOutcome:
+    """Inpaint one file pair with the options in ``args``; raise CliError on bad input.
+
+    ``mask_path`` None is allowed only for GeoTIFFs whose nodata (or alpha/mask band) marks
+    the holes. Warnings go to ``say``.
+    """
     from aerial_inpainting.imaging.io import pillow_pixel_limit
     from aerial_inpainting.inference import (
         InpaintingInputError,
@@ -465,50 +571,52 @@ def run(args: argparse.Namespace) -> int:
         fill_holes,
         prepare_inputs,
     )
-    from aerial_inpainting.pconv.devices import resolve_device
 
-    check_output_format(args.output, args.allow_lossy)
+    say = say or (lambda message: _say(args, message))
+    check_output_format(output_path, args.allow_lossy)
+    geo = _geo_route(args, image_path)
+    if geo is not None:
+        return geo(args, image_path, mask_path, output_path, get_model, progress, say)
+    if mask_path is None:
+        raise CliError(
+            f"image {image_path}: no mask given (only GeoTIFFs with nodata can do without)"
+        )
     with pillow_pixel_limit(args.max_image_pixels):
-        picture = read_picture(args.image, "image")
-        mask_picture = read_picture(args.mask, "mask")
-    label = str(args.mask)
+        picture = read_picture(image_path, "image")
+        mask_picture = read_picture(mask_path, "mask")
+    label = str(mask_path)
     try:
         inputs = prepare_inputs(
             picture,
             mask_picture,
             threshold=args.threshold,
             invert_mask=args.invert_mask,
-            name=f"image {args.image}",
+            name=f"image {image_path}",
             mask_name=label,
             invert_hint="--invert-mask",
         )
     except InpaintingInputError as exc:
         hint = " (e.g. --threshold 128)" if "not binary" in str(exc) else ""
-        raise CliError(f"{exc} [image {args.image}]{hint}") from exc
+        raise CliError(f"{exc} [image {image_path}]{hint}") from exc
     for note in inputs.notes:
-        _say(args, f"warning: {note}")
+        say(f"warning: {note}")
+    height, width = inputs.rgb.shape[:2]
 
     if inputs.valid.all():
-        write_image(args.output, compose_output(inputs, inputs.rgb))
-        _say(
-            args,
+        write_image(output_path, compose_output(inputs, inputs.rgb))
+        say(
             f"{label}: mask has no hole (no black pixel), nothing to do; "
-            f"{args.output} is an unchanged copy of {args.image}",
+            f"{output_path} is an unchanged copy of {image_path}"
         )
-        return EXIT_NO_HOLE
+        return PairOutcome("unchanged", 0.0, list(inputs.notes), width, height)
     if not inputs.valid.any():
         raise CliError(
             f"{label}: mask has no valid pixel (all black = all hole), nothing to inpaint from; "
             "white = keep, black = fill (use --invert-mask for the opposite convention)"
         )
     check_fillable(inputs)
-    try:
-        device = resolve_device(args.device)
-    except (RuntimeError, ValueError) as exc:
-        raise CliError(f"--device {args.device}: {exc}") from exc
-    choice = choose_model(args.model, args.project_dir)
-    model = load_trained_model(choice.path, pretrained=choice.pretrained)
-    _say(args, choice.label)
+    device = _device(args)
+    model = get_model()
     try:
         filled = fill_holes(
             model,
@@ -518,8 +626,8 @@ def run(args: argparse.Namespace) -> int:
             tile_size=args.tile_size,
             overlap=args.overlap,
             max_size=args.max_size,
-            progress=None if not args.quiet else False,
-            name=str(args.image),
+            progress=progress,
+            name=str(image_path),
         )
     except InpaintingInputError as exc:
         raise CliError(str(exc)) from exc
@@ -528,13 +636,259 @@ def run(args: argparse.Namespace) -> int:
             f"inference failed on {device}: {exc} (try --device cpu or --tile-size)"
         ) from exc
     result = compose_output(inputs, filled)
-    if Path(args.output).suffix.lower() in LOSSY_SUFFIXES:
-        suffix = Path(args.output).suffix.lower()
-        _say(args, f"warning: {LOSSY_SUFFIXES[suffix]}: the valid pixels of OUT will differ")
-    write_image(args.output, result)
-    height, width = inputs.rgb.shape[:2]
-    _say(args, f"wrote {args.output} ({width}x{height}, {inputs.hole_ratio:.1%} filled)")
+    if Path(output_path).suffix.lower() in LOSSY_SUFFIXES:
+        suffix = Path(output_path).suffix.lower()
+        say(f"warning: {LOSSY_SUFFIXES[suffix]}: the valid pixels of OUT will differ")
+    write_image(output_path, result)
+    return PairOutcome("inpainted", inputs.hole_ratio, list(inputs.notes), width, height)
+
+
+def _device(args: argparse.Namespace):
+    from aerial_inpainting.pconv.devices import resolve_device
+
+    try:
+        return resolve_device(args.device)
+    except (RuntimeError, ValueError) as exc:
+        raise CliError(f"--device {args.device}: {exc}") from exc
+
+
+def _geo_route(args: argparse.Namespace, image_path: Path):
+    """The windowed raster path (:mod:`aerial_inpainting.geotiff`) for this image, or None.
+
+    Taken for georeferenced TIFFs (CRS, geotransform or nodata; without rasterio a
+    CliError names the ``geo`` extra), and, when rasterio is installed, for images above
+    Pillow's decompression-bomb limit once the user lifted it with --max-image-pixels.
+    """
+    from aerial_inpainting import geotiff
+
+    if geotiff.is_georeferenced_tiff(image_path):
+        if not geotiff.has_rasterio():
+            raise CliError(f"image {image_path}: is a GeoTIFF; {geotiff.GEO_EXTRA}")
+        return _inpaint_geo
+    if args.max_image_pixels is not None and geotiff.has_rasterio():
+        pixels = _pixel_count(image_path)
+        if pixels is not None and pixels > _pillow_default_limit():
+            return _inpaint_geo
+    return None
+
+
+def _pillow_default_limit() -> int:
+    from PIL import Image
+
+    return 2 * (Image.MAX_IMAGE_PIXELS or 0) or 2**62
+
+
+def _pixel_count(path: Path) -> int | None:
+    """Width x height from the header (Pillow, no decoding, no size limit), or None."""
+    from PIL import Image
+
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as image:
+                return image.width * image.height
+    except Exception:  # unreadable: the normal path says why
+        return None
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+
+
+def _inpaint_geo(
+    args: argparse.Namespace,
+    image_path: Path,
+    mask_path: Path | None,
+    output_path: Path,
+    get_model: Callable[[], object],
+    progress: bool | None,
+    say: Callable[[str], None],
+) -> PairOutcome:
+    """A raster through :func:`aerial_inpainting.geotiff.inpaint_raster` (window by window)."""
+    from aerial_inpainting.geotiff import GeoDependencyError, inpaint_raster
+    from aerial_inpainting.inference import InpaintingInputError
+
+    device = _device(args)
+    model = get_model()
+    try:
+        outcome = inpaint_raster(
+            model,
+            image_path,
+            output_path,
+            mask_path,
+            threshold=args.threshold,
+            invert_mask=args.invert_mask,
+            device=device,
+            window_size=args.window_size,
+            halo=args.window_halo,
+            tile_size=args.tile_size,
+            overlap=args.overlap,
+            max_size=args.max_size,
+            model_label=str(getattr(get_model, "path", "") or ""),
+            progress=progress,
+            say=say,
+        )
+    except (InpaintingInputError, GeoDependencyError) as exc:
+        hint = " (e.g. --threshold 128)" if "not binary" in str(exc) else ""
+        raise CliError(f"{exc}{hint}") from exc
+    except RuntimeError as exc:
+        raise CliError(f"inference failed on {device}: {exc} (try --device cpu)") from exc
+    status = "inpainted" if outcome.hole_pixels else "unchanged"
+    if status == "unchanged":
+        say(f"{image_path}: no hole (no nodata, no mask hole); {output_path} is a copy")
+    return PairOutcome(status, outcome.hole_ratio, outcome.notes, outcome.width, outcome.height)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Do the work for parsed arguments; raise CliError on bad input."""
+    if args.input_dir is not None:
+        return run_folder(args)
+    outcome = inpaint_pair(
+        args,
+        Path(args.image),
+        Path(args.mask) if args.mask is not None else None,
+        Path(args.output),
+        ModelSource(args),
+        progress=None if not args.quiet else False,
+    )
+    if outcome.status == "unchanged":
+        return EXIT_NO_HOLE
+    _say(
+        args,
+        f"wrote {args.output} ({outcome.width}x{outcome.height}, {outcome.hole_ratio:.1%} filled)",
+    )
     return EXIT_OK
+
+
+def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Either IMAGE MASK -o OUT (MASK optional for GeoTIFFs) or --input-dir/--output-dir."""
+    if args.input_dir is not None:
+        if args.image is not None or args.output is not None:
+            parser.error("give either IMAGE MASK -o OUT or --input-dir/--output-dir, not both")
+        if args.output_dir is None:
+            parser.error("--input-dir needs --output-dir")
+        return
+    if args.mask_dir is not None or args.output_dir is not None:
+        parser.error("--mask-dir and --output-dir go with --input-dir")
+    if args.image is None or args.output is None:
+        parser.error("give IMAGE MASK -o OUT, or --input-dir DIR --output-dir DIR")
+
+
+def _listing(directory: Path, what: str) -> dict[str, list[Path]]:
+    """stem -> files with that stem (sorted) among the image files of ``directory``."""
+    if not directory.is_dir():
+        raise CliError(f"{what} {directory}: not a directory")
+    found: dict[str, list[Path]] = {}
+    for path in sorted(directory.iterdir()):
+        if path.name.startswith(".") or not path.is_file():
+            continue
+        if path.suffix.lower() in INPUT_SUFFIXES:
+            found.setdefault(path.stem, []).append(path)
+    return found
+
+
+def output_name(image_path: Path) -> str:
+    """The result's file name: the input's, with .png for formats that are not lossless."""
+    suffix = image_path.suffix.lower()
+    return image_path.name if suffix in LOSSLESS_SUFFIXES else image_path.stem + ".png"
+
+
+def run_folder(args: argparse.Namespace) -> int:
+    """Inpaint every image of ``--input-dir``; write the CSV report; 1 if any pair failed."""
+    from tqdm.auto import tqdm
+
+    input_dir, output_dir = Path(args.input_dir), Path(args.output_dir)
+    images = _listing(input_dir, "--input-dir")
+    masks = _listing(Path(args.mask_dir), "--mask-dir") if args.mask_dir else {}
+    report_path = Path(args.report) if args.report else output_dir / REPORT_NAME
+    if not images:
+        raise CliError(
+            f"--input-dir {input_dir}: no image file ({', '.join(sorted(INPUT_SUFFIXES))})"
+        )
+    get_model = ModelSource(args)
+    get_model.resolve()  # no model: fail before touching any file
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    jobs = [(stem, path) for stem, paths in images.items() for path in paths]
+    rows: list[dict] = []
+    bar = tqdm(jobs, desc="aerial-inpaint", unit="file", disable=True if args.quiet else None)
+
+    def say(message: str) -> None:
+        if not args.quiet:
+            bar.write(f"aerial-inpaint: {message}", file=sys.stderr)
+
+    for stem, image_path in bar:
+        started = time.perf_counter()
+        mask_path = masks.get(stem, [None])[0]
+        output_path = output_dir / output_name(image_path)
+        row = {"file": str(image_path), "mask": str(mask_path or ""), "output": str(output_path)}
+        try:
+            if len(images[stem]) > 1:
+                others = ", ".join(p.name for p in images[stem] if p != image_path)
+                raise CliError(
+                    f"image {image_path}: another input has the same stem ({others}), so the "
+                    "mask cannot be told apart; rename one"
+                )
+            if output_path.exists() and not args.overwrite:
+                rows.append(
+                    row | _status("exists", f"{output_path} exists (--overwrite replaces it)")
+                )
+                say(f"{image_path}: skipped, {output_path} exists (--overwrite replaces it)")
+                continue
+            if mask_path is None and _geo_route(args, image_path) is None:
+                where = args.mask_dir or "(no --mask-dir given)"
+                raise CliError(f"image {image_path}: no mask named {stem}.* in {where}")
+            if len(masks.get(stem, [])) > 1:
+                say(f"{image_path}: several masks named {stem}.*, using {mask_path.name}")
+            outcome = inpaint_pair(
+                args, image_path, mask_path, output_path, get_model, progress=False, say=say
+            )
+            reason = "; ".join(outcome.notes) or (
+                "mask has no hole: image copied unchanged" if outcome.status == "unchanged" else ""
+            )
+            rows.append(row | _status(outcome.status, reason, outcome.hole_ratio))
+        except CliError as exc:
+            rows.append(row | _status("failed", str(exc)))
+            say(f"error: {exc}")
+        except Exception as exc:  # one broken pair must not stop the batch
+            rows.append(row | _status("failed", f"{type(exc).__name__}: {exc}"))
+            say(f"error: {image_path}: {type(exc).__name__}: {exc}")
+        finally:
+            if rows and "seconds" not in rows[-1]:
+                rows[-1]["seconds"] = round(time.perf_counter() - started, 3)
+    for stem in sorted(set(masks) - set(images)):
+        for mask_path in masks[stem]:
+            rows.append(
+                {"file": "", "mask": str(mask_path), "output": ""}
+                | _status("ignored", f"no image named {stem}.* in {input_dir}")
+                | {"seconds": 0.0}
+            )
+    write_report(report_path, rows)
+    failed = sum(row["status"] == "failed" for row in rows)
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("inpainted", "unchanged", "exists")}
+    _say(
+        args,
+        f"{counts['inpainted']} inpainted, {counts['unchanged']} unchanged (no hole), "
+        f"{counts['exists']} already there, {failed} failed; report: {report_path}",
+    )
+    return EXIT_ERROR if failed else EXIT_OK
+
+
+def _status(status: str, reason: str, hole_ratio: float | None = None) -> dict:
+    ratio = "" if hole_ratio is None else round(float(hole_ratio), 6)
+    return {"status": status, "reason": reason, "hole_ratio": ratio}
+
+
+def write_report(path: Path, rows: list[dict]) -> None:
+    """The folder run's CSV report (one row per file; columns :data:`REPORT_COLUMNS`)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=REPORT_COLUMNS)
+            writer.writeheader()
+            writer.writerows({key: row.get(key, "") for key in REPORT_COLUMNS} for row in rows)
+    except OSError as exc:
+        raise CliError(f"report {path}: cannot write ({exc})") from exc
 
 
 def _say(args: argparse.Namespace, message: str) -> None:
@@ -567,7 +921,9 @@ def _quiet() -> Iterator[None]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point; returns the exit status (argparse exits 2 on a bad command line)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_arguments(parser, args)
     logging.basicConfig(level=logging.WARNING, format="aerial-inpaint: %(message)s")
     with _quiet() if args.quiet else contextlib.nullcontext():
         try:

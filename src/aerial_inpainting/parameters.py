@@ -149,3 +149,5 @@ class InpaintParams(Parameters):
     preview_max_height: int
     fail_on_error: bool
     progress_bar: bool | None
+    window_size: int
+    window_halo: int | None

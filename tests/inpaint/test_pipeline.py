@@ -21,6 +21,10 @@ OWN_ENTRIES = (
     "inpainted_images",
     "inpaint_previews",
     "inpaint_report",
+    "inpaint_raster_files",
+    "inpaint_mask_files",
+    "inpainted_geotiffs",
+    "inpaint_geotiff_report",
 )
 
 
@@ -66,7 +70,32 @@ def test_inpaint_pipeline_fills_images_and_lists_problems(kedro_project, kedro_r
     write_png(images_dir / "mismatch.png", smooth_image(16, 16, seed=4))
     write_png(masks_dir / "mismatch.png", np.full((8, 16), 255, np.uint8))
 
+    # A GeoTIFF without a mask: its nodata pixels are the holes.
+    rasterio = pytest.importorskip("rasterio")
+    from rasterio.transform import from_origin
+
+    ortho = np.maximum(smooth_image(40, 48, seed=7), 1).transpose(2, 0, 1).copy()
+    ortho[:, 10:20, 12:30] = 0
+    geo = {"crs": "EPSG:2056", "transform": from_origin(2_600_000, 1_200_000, 0.1, 0.1)}
+    with rasterio.open(
+        images_dir / "ortho.tif", "w", driver="GTiff", width=48, height=40, count=3,
+        dtype="uint8", nodata=0, **geo,
+    ) as dst:  # fmt: skip
+        dst.write(ortho)
+
     kedro_runner(project, "inpaint", {"inpaint.progress_bar": False})
+
+    with rasterio.open(project / "data/07_model_output/inpainted_geotiff/ortho.tif") as src:
+        assert src.crs == rasterio.crs.CRS.from_string(geo["crs"])
+        assert src.transform == geo["transform"] and src.nodata == 0
+        filled = src.read()
+    hole = np.zeros((40, 48), bool)
+    hole[10:20, 12:30] = True
+    np.testing.assert_array_equal(filled[:, ~hole], ortho[:, ~hole])
+    assert not (filled[:, hole] == 0).all(axis=0).any()
+    geo_report = pd.read_csv(project / "data/08_reporting/inpaint_geotiff_report.csv")
+    assert list(geo_report["status"]) == ["inpainted"]
+    assert geo_report["hole_ratio"][0] == pytest.approx(hole.mean(), abs=1e-6)
 
     out_dir = project / "data/07_model_output"
     result = read_png(out_dir / "inpainted/field.png")
@@ -94,6 +123,7 @@ def test_inpaint_pipeline_fills_images_and_lists_problems(kedro_project, kedro_r
     assert (
         report.loc["orphan", "status"] == "skipped" and "no mask" in report.loc["orphan", "message"]
     )
+    assert "ortho" not in report.index  # handled by the GeoTIFF node
     assert report.loc["lonely", "status"] == "skipped"
     assert report.loc["mismatch", "status"] == "skipped"
     assert "same size" in report.loc["mismatch", "message"]
@@ -104,7 +134,7 @@ def test_pipeline_is_registered_but_not_part_of_the_default_run():
     from aerial_inpainting.pipelines.inpaint import create_pipeline
 
     nodes = create_pipeline().nodes
-    assert [n.name for n in nodes] == ["inpaint_user_images"]
+    assert sorted(n.name for n in nodes) == ["inpaint_user_geotiffs", "inpaint_user_images"]
     assert all("inpaint" in n.tags for n in nodes)
     pipelines = register_pipelines()
     assert "inpaint" in pipelines

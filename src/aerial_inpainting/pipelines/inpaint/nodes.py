@@ -8,13 +8,19 @@ is true. Reading, filling and composing are :mod:`aerial_inpainting.inference`'s
 with ``aerial-inpaint`` and the MLflow model (EXIF orientation, transparency, every hole
 pixel filled); its notes (thresholded mask, hole ratio suggesting an inverted mask,
 transparent no-data) go to the log and the report's ``message`` column.
+
+GeoTIFFs (TIFFs with georeferencing or a nodata value) among the images are handled by
+:func:`inpaint_geotiffs` instead, window by window through
+:func:`aerial_inpainting.geotiff.inpaint_raster` (CRS, transform, nodata, bands kept; nodata
+pixels are holes, so they need no mask; a mask of the same stem adds its holes).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
-from pathlib import PurePosixPath
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -120,8 +126,12 @@ def inpaint_images(
     images: Mapping[str, Any],
     masks: Mapping[str, Any],
     params: Mapping[str, Any] | InpaintParams,
+    geotiff_ids: Sequence[str] | None = None,
 ) -> tuple[dict[str, Image.Image], dict[str, Image.Image], pd.DataFrame]:
-    """Fill every image that has a mask; returns results, previews and a per-image report."""
+    """Fill every image that has a mask; returns results, previews and a per-image report.
+
+    ``geotiff_ids``: image partitions :func:`inpaint_geotiffs` handles (left out here).
+    """
     params = InpaintParams.parse(params)
     image_ids = _image_partitions(images)
     mask_ids = _image_partitions(masks)
@@ -141,7 +151,9 @@ def inpaint_images(
         )
 
     disable = None if params.progress_bar is None else not params.progress_bar
-    for key in tqdm(sorted(image_ids), desc="inpaint", disable=disable):
+    handled_elsewhere = set(geotiff_ids or ())
+    todo = [key for key in sorted(image_ids) if image_ids[key] not in handled_elsewhere]
+    for key in tqdm(todo, desc="inpaint", disable=disable):
         image_file, mask_file = image_ids[key], mask_ids.get(key)
         if mask_file is None:
             rows.append(
@@ -213,3 +225,91 @@ def inpaint_images(
         logger.warning("inpaint: skipped %d file(s):\n%s", len(skipped), listing)
     logger.info("inpaint: %d image(s) written, %d skipped", len(results), len(skipped))
     return results, previews, report
+
+
+def inpaint_geotiffs(
+    model: torch.nn.Module,
+    rasters: Mapping[str, Any],
+    mask_files: Mapping[str, Any],
+    params: Mapping[str, Any] | InpaintParams,
+) -> tuple[dict[str, str], pd.DataFrame, list[str]]:
+    """Fill the GeoTIFFs among the images, window by window; nodata pixels are holes.
+
+    ``rasters``/``mask_files``: partitions that load as file paths
+    (:class:`aerial_inpainting.datasets.RasterFileDataset`). Returns the finished files
+    (partition id -> temporary path, moved into place by the output dataset), a report
+    (columns as the images' report) and the partition ids handled here (which
+    :func:`inpaint_images` then leaves out). Plain TIFFs are left to :func:`inpaint_images`.
+    """
+    from aerial_inpainting.geotiff import (
+        TIFF_SUFFIXES,
+        GeoDependencyError,
+        inpaint_raster,
+        is_georeferenced_tiff,
+    )
+
+    params = InpaintParams.parse(params)
+    masks = _image_partitions(mask_files)
+    device = resolve_device(params.device)
+    results: dict[str, str] = {}
+    rows: list[dict] = []
+    handled: list[str] = []
+    work = None
+    for pid in sorted(rasters):
+        pure = PurePosixPath(pid)
+        if pure.name.startswith(".") or pure.suffix.lower() not in TIFF_SUFFIXES:
+            continue
+        path = Path(_load(rasters[pid]))
+        if not is_georeferenced_tiff(path):
+            continue  # a plain TIFF: the images node reads it
+        handled.append(pid)
+        key = _stem(pid)
+        mask_pid = masks.get(key)
+        mask_path = Path(_load(mask_files[mask_pid])) if mask_pid else None
+        work = work or Path(tempfile.mkdtemp(prefix="aerial-inpaint-geotiff-"))
+        target = work / pure.name
+        try:
+            outcome = inpaint_raster(
+                model,
+                path,
+                target,
+                mask_path,
+                threshold=params.threshold,
+                invert_mask=params.invert_mask,
+                device=device,
+                window_size=params.window_size,
+                halo=params.window_halo,
+                tile_size=params.tile_size,
+                overlap=params.overlap,
+                max_size=params.max_size,
+                model_label=f"PConvUNet {model.config.to_dict()} (Kedro entry `model`)",
+                progress=params.progress_bar,
+            )
+        except (InpaintingInputError, GeoDependencyError, OSError, ValueError) as exc:
+            rows.append(_row(key, pid, mask_pid, status="skipped", message=str(exc)))
+            continue
+        for note in outcome.notes:
+            logger.warning("inpaint: %s", note)
+        results[pid] = str(target)
+        rows.append(
+            _row(
+                key,
+                pid,
+                mask_pid or "(nodata)",
+                width=outcome.width,
+                height=outcome.height,
+                hole_ratio=round(outcome.hole_ratio, 6),
+                status="inpainted" if outcome.hole_pixels else "unchanged",
+                message="; ".join(outcome.notes),
+            )
+        )
+    report = pd.DataFrame(rows, columns=REPORT_COLUMNS)
+    skipped = report[report["status"] == "skipped"]
+    if len(skipped):
+        listing = "\n".join(f"  - {r.image_file}: {r.message}" for r in skipped.itertuples())
+        if params.fail_on_error:
+            raise ValueError(
+                f"inpaint: {len(skipped)} GeoTIFF(s) could not be processed:\n{listing}"
+            )
+        logger.warning("inpaint: skipped %d GeoTIFF(s):\n%s", len(skipped), listing)
+    return results, report, handled
