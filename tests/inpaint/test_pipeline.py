@@ -160,4 +160,6 @@ def test_without_a_trained_model_the_pipeline_uses_the_pretrained_one(kedro_proj
     assert not (project / "data/06_models/pconv_unet.safetensors").exists()
 
     with pytest.raises(DatasetError, match="No trained model found"):
-        kedro_runner(project, "inpaint", {"inpaint.progress_bar": False, "inpaint.model": "trained"})
+        kedro_runner(
+            project, "inpaint", {"inpaint.progress_bar": False, "inpaint.model": "trained"}
+        )
