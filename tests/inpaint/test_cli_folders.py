@@ -137,11 +137,21 @@ def test_bad_command_lines(args, capsys):
     assert "usage" in capsys.readouterr().err
 
 
-def test_missing_input_dir_or_model(tmp_path, model_file, capsys, monkeypatch):
+def test_missing_input_dir_or_a_model_file(tmp_path, model_file, capsys, monkeypatch):
     code, err = _run(capsys, ["--input-dir", tmp_path / "nope", "--output-dir", tmp_path / "o"])
     assert code == 1 and "not a directory" in err
     images, masks, out, _ = _folders(tmp_path)
-    monkeypatch.chdir(tmp_path)  # not a Kedro project: no model
-    code, err = _run(capsys, ["--input-dir", images, "--mask-dir", masks, "--output-dir", out])
-    assert code == 1 and "no trained model" in err
+    monkeypatch.chdir(tmp_path)  # not a Kedro project
+    missing = tmp_path / "missing.safetensors"
+    argv = ["--input-dir", images, "--mask-dir", masks, "--output-dir", out, "--model", missing]
+    code, err = _run(capsys, argv)
+    assert code == 1 and "missing.safetensors" in err
     assert not out.exists()  # nothing written before the model is known
+
+
+def test_a_folder_outside_a_project_uses_the_pretrained_model(tmp_path, capsys, monkeypatch):
+    images, masks, out, _ = _folders(tmp_path)
+    monkeypatch.chdir(tmp_path)  # not a Kedro project: no trained model
+    code, err = _run(capsys, ["--input-dir", images, "--mask-dir", masks, "--output-dir", out])
+    assert code == 1  # the folder holds bad pairs on purpose
+    assert "pretrained model" in err and (out / "a.png").is_file()

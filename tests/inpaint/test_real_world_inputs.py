@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import conf_parameters
 from kedro_datasets.pillow import ImageDataset
 from PIL import Image
 
@@ -32,7 +33,7 @@ from aerial_inpainting.pipelines.inpaint.nodes import inpaint_images
 from .helpers import read_png, write_png
 
 FILL = 128  # round(0.5 * 255)
-PIPELINE_PARAMS = {
+PIPELINE_PARAMS = conf_parameters("inpaint") | {
     "invert_mask": False,
     "device": "cpu",
     "threshold": 128,
