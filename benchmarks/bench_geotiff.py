@@ -86,19 +86,12 @@ def inpaint(
     threads: int | None,
 ) -> dict[str, Any]:
     """Inpaint ``path`` once; seconds, peak RSS of the run and the RSS before it."""
-    import torch
 
     from aerial_inpainting.geotiff import default_halo, inpaint_raster
-    from aerial_inpainting.pconv.checkpoint import load_model
-    from aerial_inpainting.pconv.unet import PConvUNet, UNetConfig
     from benchmarks.common import current_rss_bytes
 
     used_threads = setup_torch(threads)
-    if model_path:
-        model = load_model(model_path, map_location="cpu")
-    else:
-        torch.manual_seed(0)
-        model = PConvUNet(UNetConfig(depth=5, base_channels=32, max_channels=256)).eval()
+    model = _benchmark_model(model_path)
     baseline = current_rss_bytes()
     reset_peak_rss()
     start = time.perf_counter()
@@ -115,6 +108,20 @@ def inpaint(
     }
 
 
+def _benchmark_model(model_path: str | None):
+    """The model file at ``model_path``, else a seeded random network of the base recipe's
+    shape (the time per pixel does not depend on the weights)."""
+    import torch
+
+    from aerial_inpainting.pconv.checkpoint import load_model
+    from aerial_inpainting.pconv.unet import PConvUNet, UNetConfig
+
+    if model_path:
+        return load_model(model_path, map_location="cpu")
+    torch.manual_seed(0)
+    return PConvUNet(UNetConfig(depth=5, base_channels=32, max_channels=256)).eval()
+
+
 def inpaint_whole(
     path: str, out: str, model_path: str | None, device: str, threads: int | None
 ) -> dict[str, Any]:
@@ -122,20 +129,13 @@ def inpaint_whole(
     limit take: prepare_inputs -> fill_holes -> compose_output, all in memory)."""
     import numpy as np
     import rasterio
-    import torch
     from PIL import Image
 
     from aerial_inpainting.inference import compose_output, fill_holes, prepare_inputs
-    from aerial_inpainting.pconv.checkpoint import load_model
-    from aerial_inpainting.pconv.unet import PConvUNet, UNetConfig
     from benchmarks.common import current_rss_bytes
 
     used_threads = setup_torch(threads)
-    if model_path:
-        model = load_model(model_path, map_location="cpu")
-    else:
-        torch.manual_seed(0)
-        model = PConvUNet(UNetConfig(depth=5, base_channels=32, max_channels=256)).eval()
+    model = _benchmark_model(model_path)
     baseline = current_rss_bytes()
     reset_peak_rss()
     start = time.perf_counter()
@@ -179,6 +179,8 @@ def main(argv: list[str] | None = None) -> dict:
     sizes = args.size or [20_000]
 
     results = []
+    if args.workdir:
+        Path(args.workdir).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.workdir) as work:
         for size in sizes:
             src, dst = f"{work}/in_{size}.tif", f"{work}/out_{size}.tif"
