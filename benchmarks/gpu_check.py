@@ -31,7 +31,7 @@ down). Writes ``gpu_check.json`` and ``gpu_check.md`` into ``--out-dir``; exit s
 every section ran and passed, 1 otherwise, 2 without CUDA (unless ``--cpu-dry-run``).
 
 ``--cpu-dry-run``: everything at tiny sizes on the CPU (about a minute), so that the script is
-known to work before a GPU is lent; ``tests/gpu_check/test_gpu_check.py`` runs it.
+known to work before a GPU is lent; ``tests/benchmarks/test_gpu_check.py`` runs it.
 """
 
 from __future__ import annotations

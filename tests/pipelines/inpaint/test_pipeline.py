@@ -7,10 +7,9 @@ import pandas as pd
 import pytest
 import yaml
 from PIL import Image
+from support.images import box_mask, read_png, smooth_image, write_png
 
 from aerial_inpainting.pconv.checkpoint import save_model
-
-from .helpers import box_mask, read_png, smooth_image, write_png
 
 pytestmark = pytest.mark.slow
 

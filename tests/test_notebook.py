@@ -10,7 +10,7 @@ from nbclient import NotebookClient
 
 pytestmark = pytest.mark.slow
 
-NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "inpainting_tour.ipynb"
+NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "inpainting_tour.ipynb"
 
 TINY_RUN = {
     "data_processing": {

@@ -16,13 +16,12 @@ import pytest
 rasterio = pytest.importorskip("rasterio")
 from rasterio.enums import ColorInterp  # noqa: E402
 from rasterio.transform import from_origin  # noqa: E402
+from support.images import smooth_image, write_png  # noqa: E402
 
 from aerial_inpainting import geotiff  # noqa: E402
 from aerial_inpainting.geotiff import inpaint_raster  # noqa: E402
 from aerial_inpainting.inference import InpaintingInputError  # noqa: E402
 from aerial_inpainting.inpaint_cli import main  # noqa: E402
-
-from .helpers import smooth_image, write_png  # noqa: E402
 
 H, W = 240, 336  # multiples of the tiny model's 8: 4 x 6 windows of 64 px cores below
 CRS = "EPSG:32633"

@@ -13,7 +13,7 @@ from aerial_inpainting.pipelines.training.nodes import resolve_model_file, train
 from aerial_inpainting.pretrained_model import DEFAULT_NAME, PRETRAINED_DIR
 
 SHIPPED = PRETRAINED_DIR / f"{DEFAULT_NAME}.safetensors"
-ROOT = Path(__file__).parents[2]
+ROOT = Path(__file__).parents[3]
 
 
 def test_the_keyword_resolves_to_the_shipped_file() -> None:

@@ -1,4 +1,6 @@
-"""Tiny synthetic inputs for the training tests (16-32 px images, depth-2 models)."""
+"""Tiny synthetic inputs for the training tests (16-32 px images, depth-2 models).
+
+The fixtures here are imported by the conftest.py of tests/pconv and tests/pipelines/training."""
 
 from __future__ import annotations
 

@@ -102,7 +102,7 @@ def test_only_rank_0_writes_checkpoints_in_the_single_process_format(two_process
 @pytest.mark.parametrize("env", ["base", "gpu"])
 def test_parameter_files_carry_the_data_parallel_keys(env):
     """Kedro replaces the whole `training:` block between environments: both need the keys."""
-    path = Path(__file__).resolve().parents[2] / "conf" / env / "parameters_training.yml"
+    path = Path(__file__).resolve().parents[3] / "conf" / env / "parameters_training.yml"
     params = yaml.safe_load(path.read_text())["training"]
     cfg = TrainConfig.from_params(params)
     assert (cfg.devices, cfg.backend, cfg.sync_batchnorm) == (1, "auto", False)

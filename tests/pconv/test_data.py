@@ -7,6 +7,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from support.training import box_masks, smooth_images
 
 from aerial_inpainting.pconv.data import (
     AugmentConfig,
@@ -15,8 +16,6 @@ from aerial_inpainting.pconv.data import (
     make_train_loader,
     validation_batch,
 )
-
-from .conftest import box_masks, smooth_images
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import pytest
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 from mlflow.tracking._tracking_service import utils as tracking_utils
+from support.images import write_png
 
 from aerial_inpainting import project_paths
 from aerial_inpainting.inpaint_cli import main
@@ -20,9 +21,7 @@ from aerial_inpainting.project_paths import (
     resolve_sqlite_uri,
 )
 
-from .helpers import write_png
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _project_with_real_conf(root: Path) -> Path:

@@ -18,7 +18,7 @@ from aerial_inpainting import pretrained
 from aerial_inpainting.pconv import vgg as vgg_module
 from aerial_inpainting.pconv.vgg import build_vgg16_features
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 class _Evil:

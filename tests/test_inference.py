@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from support.images import box_mask, smooth_image
 
 from aerial_inpainting.inference import (
     InpaintingInputError,
@@ -17,8 +18,6 @@ from aerial_inpainting.inference import (
     prepare_mask,
     to_rgb_uint8,
 )
-
-from .helpers import box_mask, smooth_image
 
 
 class NegativeModel(torch.nn.Module):

@@ -21,6 +21,7 @@ import torch
 from conftest import conf_parameters
 from kedro_datasets.pillow import ImageDataset
 from PIL import Image
+from support.images import read_png, write_png
 
 from aerial_inpainting.imaging.io import read_rgb_image
 from aerial_inpainting.inference import fill_holes, inpaint_image
@@ -29,8 +30,6 @@ from aerial_inpainting.mlflow_model import PConvInpaintingModel
 from aerial_inpainting.pconv.checkpoint import save_model
 from aerial_inpainting.pconv.unet import PConvUNet, UNetConfig
 from aerial_inpainting.pipelines.inpaint.nodes import inpaint_images
-
-from .helpers import read_png, write_png
 
 FILL = 128  # round(0.5 * 255)
 PIPELINE_PARAMS = conf_parameters("inpaint") | {

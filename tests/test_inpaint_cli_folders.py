@@ -7,10 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support.images import box_mask, read_png, smooth_image, write_png
 
 from aerial_inpainting.inpaint_cli import REPORT_COLUMNS, main
-
-from .helpers import box_mask, read_png, smooth_image, write_png
 
 SIZE = (24, 40)
 BOXES = [(4, 6, 12, 20)]

@@ -9,11 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support.images import box_mask, read_png, smooth_image, write_png
 
 from aerial_inpainting.inpaint_cli import main
 from aerial_inpainting.pconv.checkpoint import save_model
-
-from .helpers import box_mask, read_png, smooth_image, write_png
 
 
 @pytest.fixture

@@ -11,15 +11,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import TINY
 from PIL import Image
+from support.images import box_mask, read_png, smooth_image, write_png
 
 from aerial_inpainting.inference import inpaint_image
 from aerial_inpainting.inpaint_cli import main
 from aerial_inpainting.mlflow_model import encode_png, log_pyfunc_model
 from aerial_inpainting.pconv.unet import PConvUNet
-
-from .conftest import TINY
-from .helpers import box_mask, read_png, smooth_image, write_png
 
 
 def _decode(text: str) -> np.ndarray:
@@ -120,7 +119,7 @@ def test_cli_finds_the_run_in_the_project_store_from_a_subdirectory_quietly(
     model, _, run_id = logged
     store = Path(mlflow.get_tracking_uri().removeprefix("sqlite:///"))
     project = store.parent  # the fixture's folder becomes a Kedro project around its store
-    repo = Path(__file__).resolve().parents[2]
+    repo = Path(__file__).resolve().parents[1]
     if not (project / "pyproject.toml").exists():
         shutil.copy2(repo / "pyproject.toml", project / "pyproject.toml")
         shutil.copytree(repo / "conf" / "base", project / "conf" / "base")

@@ -10,12 +10,11 @@ import textwrap
 import time
 
 import torch
+from support.training import box_masks, smooth_images
 
 from aerial_inpainting.pconv import train as T
 from aerial_inpainting.pconv.checkpoint import list_checkpoints
 from aerial_inpainting.pconv.data import InpaintingTrainDataset
-
-from .conftest import box_masks, smooth_images
 
 _SCRIPT = textwrap.dedent(
     """

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from support.training import box_masks, smooth_images
 
 from aerial_inpainting.pconv import train as T
 from aerial_inpainting.pconv.checkpoint import list_checkpoints
@@ -16,8 +17,6 @@ from aerial_inpainting.pconv.data import InpaintingTrainDataset, validation_batc
 from aerial_inpainting.pconv.devices import resolve_device, resolve_num_workers, resolve_precision
 from aerial_inpainting.pconv.validation import mean_fill
 from aerial_inpainting.tracking import GridWriter
-
-from .conftest import box_masks, smooth_images
 
 
 def _data(seed: int = 0) -> T.TrainingData:

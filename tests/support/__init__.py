@@ -1,0 +1,1 @@
+"""Shared test helpers: deterministic images, masks, files and tiny training inputs."""
