@@ -4,6 +4,8 @@ from kedro.pipeline import Node, Pipeline
 
 from .nodes import inpaint_user_geotiffs, inpaint_user_images
 
+TAG = "inpaint"
+
 
 def create_pipeline(**kwargs) -> Pipeline:
     """model + the user's images and masks -> inpainted images, previews and a report.
@@ -18,7 +20,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 inputs=["model", "inpaint_raster_files", "inpaint_mask_files", "params:inpaint"],
                 outputs=["inpainted_geotiffs", "inpaint_geotiff_report", "inpaint_geotiff_ids"],
                 name="inpaint_user_geotiffs",
-                tags=["inpaint"],
+                tags=[TAG],
             ),
             Node(
                 func=inpaint_user_images,
@@ -31,7 +33,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 ],
                 outputs=["inpainted_images", "inpaint_previews", "inpaint_report"],
                 name="inpaint_user_images",
-                tags=["inpaint"],
+                tags=[TAG],
             ),
         ]
     )
