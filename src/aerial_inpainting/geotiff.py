@@ -477,22 +477,7 @@ def _write_windows(
         leave=False,
     ):
         hole_pixels += _process_window(
-            model,
-            device,
-            reader,
-            dst,
-            grid.rows,
-            grid.cols,
-            r,
-            c,
-            grid.core,
-            grid.feather,
-            overview,
-            tiling["tile_size"],
-            tiling["overlap"],
-            tiling["max_size"],
-            multiple,
-            reader.name,
+            model, device, reader, dst, grid, r, c, overview, tiling, multiple
         )
     dst.update_tags(
         **src.tags(),
@@ -542,54 +527,71 @@ def _process_window(
     device: Any,
     reader: _RasterReader,
     dst: Any,
-    rows: list[tuple[int, int, int, int]],
-    cols: list[tuple[int, int, int, int]],
+    grid: _WindowGrid,
     r: int,
     c: int,
-    core: int,
-    feather: int,
     overview: dict[str, Any],
-    tile_size: int | None,
-    overlap: int,
-    max_size: int,
+    tiling: dict[str, Any],
     multiple: int,
-    name: str,
 ) -> int:
-    """Inpaint one window, blend it into ``dst``; returns its core's number of hole pixels."""
+    """Inpaint window (``r``, ``c``) of ``grid``, blend it into ``dst``; returns its core's
+    number of hole pixels. ``tiling``: ``tile_size``, ``overlap``, ``max_size`` of
+    :func:`fill_holes`."""
     from rasterio.windows import Window
 
-    ry0, ry1, wy0, wy1 = rows[r]
-    rx0, rx1, wx0, wx1 = cols[c]
+    ry0, ry1, wy0, wy1 = grid.rows[r]
+    rx0, rx1, wx0, wx1 = grid.cols[c]
     arrays = reader.read(Window(rx0, ry0, rx1 - rx0, ry1 - ry0))
     valid, data = arrays["valid"], arrays["data"]
     sy, sx = slice(wy0 - ry0, wy1 - ry0), slice(wx0 - rx0, wx1 - rx0)
-    cy0, cx0 = r * core, c * core
+    cy0, cx0, core = r * grid.core, c * grid.core, grid.core
     core_valid = valid[
         cy0 - ry0 : min(cy0 + core, ry1) - ry0, cx0 - rx0 : min(cx0 + core, rx1) - rx0
     ]
     holes = int((~core_valid).sum())
     out = data[:, sy, sx].copy()
-    write_valid = valid[sy, sx]
     write_window = Window(wx0, wy0, wx1 - wx0, wy1 - wy0)
-    if write_valid.all():
+    if valid[sy, sx].all():
         dst.write(out, window=write_window)
         return holes
     if valid.any():
         filled = fill_holes(
-            model, arrays["rgb"], valid, device, tile_size, overlap,
-            max_size=max_size, progress=False, name=name,
-        )[sy, sx]  # fmt: skip
+            model, arrays["rgb"], valid, device, **tiling, progress=False, name=reader.name
+        )[sy, sx]
     else:
         filled = _from_overview(
-            model, device, reader, overview, (wy0, wy1, wx0, wx1), tile_size, overlap,
-            max_size, name,
-        )  # fmt: skip
+            model,
+            device,
+            reader,
+            overview,
+            (wy0, wy1, wx0, wx1),
+            tiling["tile_size"],
+            tiling["overlap"],
+            tiling["max_size"],
+            reader.name,
+        )
+    weight = (
+        _blend_ramp(wy1 - wy0, 0, grid.feather, r > 0)[:, None]
+        * _blend_ramp(wx1 - wx0, 0, grid.feather, c > 0)[None, :]
+    )
+    _write_blended(dst, out, filled, valid[sy, sx], weight, write_window, reader)
+    return holes
+
+
+def _write_blended(
+    dst: Any,
+    out: np.ndarray,
+    filled: np.ndarray,
+    write_valid: np.ndarray,
+    weight: np.ndarray,
+    write_window: Any,
+    reader: _RasterReader,
+) -> None:
+    """Write ``out`` (the window's bands) with its holes taken from ``filled`` (uint8 RGB),
+    blended by ``weight`` with what ``dst`` holds there already; a filled pixel never reads
+    as nodata, and alpha becomes opaque on it."""
     bands = reader.bands
     new_colour = _colour_bands(filled, len(bands.colour))  # (b, h, w) float
-    wy = _blend_ramp(wy1 - wy0, 0, feather, r > 0)
-    wx = _blend_ramp(wx1 - wx0, 0, feather, c > 0)
-    weight = wy[:, None] * wx[None, :]
-    colour_idx = [i - 1 for i in bands.colour]
     hole = ~write_valid
     if (weight < 1).any():
         old = dst.read([i for i in bands.colour], window=write_window).astype(np.float32)
@@ -603,12 +605,11 @@ def _process_window(
         if clash.any():
             first = result[0]
             first[clash] = np.where(first[clash] < 255, first[clash] + 1, first[clash] - 1)
-    for k, index in enumerate(colour_idx):
+    for k, index in enumerate(i - 1 for i in bands.colour):
         out[index][hole] = result[k][hole]
     if bands.alpha is not None:
         out[bands.alpha - 1][hole] = 255
     dst.write(out, window=write_window)
-    return holes
 
 
 def _colour_bands(filled: np.ndarray, count: int) -> np.ndarray:
@@ -643,11 +644,22 @@ def _from_overview(
                 f"{name}: no valid pixel (everything is nodata or a hole); nothing to inpaint from"
             )
         overview["filled"] = fill_holes(
-            model, arrays["rgb"], arrays["valid"], device, tile_size, overlap,
-            max_size=max_size, progress=False, name=f"{name} (overview)",
-        )  # fmt: skip
-        logger.info("%s: windows without any valid pixel are filled from a %sx%s overview",
-                    name, shape[1], shape[0])  # fmt: skip
+            model,
+            arrays["rgb"],
+            arrays["valid"],
+            device,
+            tile_size,
+            overlap,
+            max_size=max_size,
+            progress=False,
+            name=f"{name} (overview)",
+        )
+        logger.info(
+            "%s: windows without any valid pixel are filled from a %sx%s overview",
+            name,
+            shape[1],
+            shape[0],
+        )
     small = overview["filled"]
     y0, y1, x0, x1 = region
     fy, fx = small.shape[0] / src.height, small.shape[1] / src.width
