@@ -138,14 +138,16 @@ def training_config(params: Mapping[str, Any]) -> tuple[dict[str, Any], TrainCon
 
     Relative ``checkpoint_dir``/``grid_dir`` resolve against the Kedro project root, not the
     working directory; ``init_weights`` becomes the model file it names
-    (:func:`resolve_model_file`). Shared by the node and the torchrun entry point. Raises
-    ValueError naming the wrong key (:meth:`TrainConfig.from_params`).
+    (:func:`resolve_model_file`). Shared by the node and the torchrun entry point. Every key
+    of ``conf/base/parameters_training.yml`` must be there (no value comes from code); raises
+    ValueError naming a wrong, unknown or missing key and the file
+    (:meth:`TrainConfig.from_params`).
     """
     paths = {
         k: resolve_in_project(params[k]) for k in ("checkpoint_dir", "grid_dir") if k in params
     }
     resolved = {**params, **paths}
-    cfg = TrainConfig.from_params(resolved)
+    cfg = TrainConfig.from_params(resolved, complete=True)
     if cfg.init_weights:
         resolved["init_weights"] = cfg.init_weights = str(resolve_model_file(cfg.init_weights))
     return resolved, cfg
