@@ -356,8 +356,8 @@ def inpaint_raster(
     (GeoTIFF, written window by window) or ``.png`` (a temporary GeoTIFF copied to PNG by
     GDAL, line by line). ``window_size``: side of the largest read (None: the whole raster
     in one window); ``halo``: context on each side of a core, half of it blended with the
-    neighbours (None: :func:`default_halo`). Raises :class:`InpaintingInputError` for bad input (dtype, sizes, no valid
-    pixel), :class:`GeoDependencyError` without rasterio.
+    neighbours (None: :func:`default_halo`). Raises :class:`InpaintingInputError` for bad
+    input (dtype, sizes, no valid pixel), :class:`GeoDependencyError` without rasterio.
     """
     rasterio = require_rasterio(f"image {image_path}")
 
@@ -378,18 +378,7 @@ def inpaint_raster(
         bands = _band_roles(src, name)
         mask_src = None if mask_path is None else _open_mask(rasterio, src, mask_path, stack)
         reader = _RasterReader(src, bands, mask_src, threshold, invert_mask, name, mask_name)
-        if window_size is None:
-            core, halo_px = _round_up(max(src.height, src.width), multiple), 0
-        else:
-            halo = default_halo(model, window_size) if halo is None else halo
-            core, halo_px = _window_core(window_size, halo, multiple)
-        feather = halo_px // 2
-        grid = _WindowGrid(
-            rows=_windows(src.height, core, halo_px, feather),
-            cols=_windows(src.width, core, halo_px, feather),
-            core=core,
-            feather=feather,
-        )
+        grid = _window_grid(model, src, window_size, halo, multiple)
         tiling = {"tile_size": tile_size, "overlap": overlap, "max_size": max_size}
         tags = {
             "INPAINTING_MODEL": model_label or type(model).__name__,
@@ -421,6 +410,25 @@ class _WindowGrid:
     cols: list
     core: int
     feather: int
+
+
+def _window_grid(
+    model: torch.nn.Module, src: Any, window_size: int | None, halo: int | None, multiple: int
+) -> _WindowGrid:
+    """The windows of ``src`` (one window when ``window_size`` is None; ``halo`` None:
+    :func:`default_halo`)."""
+    if window_size is None:
+        core, halo_px = _round_up(max(src.height, src.width), multiple), 0
+    else:
+        halo = default_halo(model, window_size) if halo is None else halo
+        core, halo_px = _window_core(window_size, halo, multiple)
+    feather = halo_px // 2
+    return _WindowGrid(
+        rows=_windows(src.height, core, halo_px, feather),
+        cols=_windows(src.width, core, halo_px, feather),
+        core=core,
+        feather=feather,
+    )
 
 
 def _open_mask(rasterio: Any, src: Any, mask_path: str | Path, stack: contextlib.ExitStack) -> Any:
