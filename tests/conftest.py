@@ -42,6 +42,14 @@ def conf_parameters(block: str, overrides: Mapping[str, Any] | None = None) -> d
     return _merged(params, overrides or {})
 
 
+def complete_training_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """``params:training`` for the node, which takes every key: the keys ``params`` lacks at
+    the values :class:`TrainConfig`'s fields give them (nested blocks key by key)."""
+    from aerial_inpainting.pconv.config import TrainConfig
+
+    return _merged(TrainConfig().to_dict(), params)
+
+
 def _merged(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in overrides.items():

@@ -29,7 +29,7 @@ from aerial_inpainting.inpaint_cli import main
 from aerial_inpainting.mlflow_model import PConvInpaintingModel
 from aerial_inpainting.pconv.checkpoint import save_model
 from aerial_inpainting.pconv.unet import PConvUNet, UNetConfig
-from aerial_inpainting.pipelines.inpaint.nodes import inpaint_images
+from aerial_inpainting.pipelines.inpaint.nodes import inpaint_user_images
 
 FILL = 128  # round(0.5 * 255)
 PIPELINE_PARAMS = conf_parameters("inpaint") | {
@@ -89,7 +89,7 @@ def _all_entry_points(tmp_path: Path, capsys, image_path: Path, mask_path: Path,
     masks = {mask_path.stem + ".png": ImageDataset(filepath=str(mask_path)).load}
     if mask_path.stem != image_path.stem:
         masks = {image_path.stem + ".png": masks[mask_path.stem + ".png"]}
-    done, _, report = inpaint_images(model, images, masks, PIPELINE_PARAMS)
+    done, _, report = inpaint_user_images(model, images, masks, PIPELINE_PARAMS)
     assert list(report["status"]) == ["inpainted"], report["message"].tolist()
     results["pipeline"] = np.asarray(done[image_path.stem])
     pyfunc = PConvInpaintingModel(device="cpu")
@@ -259,12 +259,14 @@ def test_rasters_above_pillows_limit_are_too_large_not_corrupt(
     loaders = {"ortho.png": ImageDataset(filepath=str(image_path)).load}
     masks = {"ortho.png": ImageDataset(filepath=str(mask_path)).load}
     model = constant_unet(3)
-    _, _, report = inpaint_images(model, loaders, masks, PIPELINE_PARAMS)
+    _, _, report = inpaint_user_images(model, loaders, masks, PIPELINE_PARAMS)
     assert report["status"].tolist() == ["skipped"]
     assert (
         "too large" in report["message"][0] and "inpaint.max_image_pixels" in report["message"][0]
     )
-    _, _, report = inpaint_images(model, loaders, masks, {**PIPELINE_PARAMS, "max_image_pixels": 0})
+    _, _, report = inpaint_user_images(
+        model, loaders, masks, {**PIPELINE_PARAMS, "max_image_pixels": 0}
+    )
     assert report["status"].tolist() == ["inpainted"]
 
 
@@ -317,7 +319,7 @@ def test_a_mask_that_looks_inverted_gets_a_warning_naming_the_option(
 
     images = {"scene.png": ImageDataset(filepath=str(image_path)).load}
     masks = {"scene.png": ImageDataset(filepath=str(mask_path)).load}
-    _, _, report = inpaint_images(constant_unet(3), images, masks, PIPELINE_PARAMS)
+    _, _, report = inpaint_user_images(constant_unet(3), images, masks, PIPELINE_PARAMS)
     assert report["status"].tolist() == ["inpainted"]
     assert "inpaint.invert_mask: true" in report["message"][0]
     assert f"{hole_ratio:.1%}" in report["message"][0]

@@ -356,15 +356,14 @@ def inpaint_raster(
     (GeoTIFF, written window by window) or ``.png`` (a temporary GeoTIFF copied to PNG by
     GDAL, line by line). ``window_size``: side of the largest read (None: the whole raster
     in one window); ``halo``: context on each side of a core, half of it blended with the
-    neighbours (None: :func:`default_halo`). Raises :class:`InpaintingInputError` for bad input (dtype, sizes, no valid
-    pixel), :class:`GeoDependencyError` without rasterio.
+    neighbours (None: :func:`default_halo`). Raises :class:`InpaintingInputError` for bad
+    input (dtype, sizes, no valid pixel), :class:`GeoDependencyError` without rasterio.
     """
     rasterio = require_rasterio(f"image {image_path}")
 
     image_path, output_path = Path(image_path), Path(output_path)
     name, mask_name = f"image {image_path}", f"mask {mask_path}"
-    suffix = output_path.suffix.lower()
-    if suffix not in TIFF_SUFFIXES | {".png"}:
+    if output_path.suffix.lower() not in TIFF_SUFFIXES | {".png"}:
         raise InpaintingInputError(
             f"output {output_path}: rasters processed in windows are written as .tif "
             "(GeoTIFF) or .png"
@@ -377,80 +376,139 @@ def inpaint_raster(
             stack.enter_context(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB))
         src = _open(rasterio, image_path, "image", stack)
         bands = _band_roles(src, name)
-        mask_src = None
-        if mask_path is not None:
-            mask_src = _open(rasterio, Path(mask_path), "mask", stack)
-            if (mask_src.width, mask_src.height) != (src.width, src.height):
-                raise InpaintingInputError(
-                    f"{mask_name}: mask is {mask_src.width}x{mask_src.height} (WxH) but the "
-                    f"image is {src.width}x{src.height}; image and mask must have the same size"
-                )
+        mask_src = None if mask_path is None else _open_mask(rasterio, src, mask_path, stack)
         reader = _RasterReader(src, bands, mask_src, threshold, invert_mask, name, mask_name)
-        height, width = src.height, src.width
-        if window_size is None:
-            core, halo_px = _round_up(max(height, width), multiple), 0
-        else:
-            halo = default_halo(model, window_size) if halo is None else halo
-            halo_px = _round_up(max(0, int(halo)), multiple)
-            core = (int(window_size) - 2 * halo_px) // multiple * multiple
-            if core < max(multiple, halo_px):
-                raise InpaintingInputError(
-                    f"window size {window_size} is too small for a halo of {halo_px} px: it "
-                    f"must be at least 3 x the halo ({3 * max(halo_px, multiple)}); raise "
-                    "--window-size or lower --window-halo"
-                )
-        feather = halo_px // 2
-        rows = _windows(height, core, halo_px, feather)
-        cols = _windows(width, core, halo_px, feather)
-
-        profile = _output_profile(src)
+        grid = _window_grid(model, src, window_size, halo, multiple)
+        tiling = {"tile_size": tile_size, "overlap": overlap, "max_size": max_size}
+        tags = {
+            "INPAINTING_MODEL": model_label or type(model).__name__,
+            "INPAINTING_MASK": str(mask_path) if mask_path else "nodata/alpha/mask band",
+        }
         tmp_tif = output_path.with_name(f".{output_path.name}.partial.tif")
         output_path.parent.mkdir(parents=True, exist_ok=True)
-        overview: dict[str, Any] = {}
-        hole_pixels = 0
         try:
-            with rasterio.open(tmp_tif, "w+", **profile) as dst:
-                dst.colorinterp = src.colorinterp
-                for index in range(1, src.count + 1):
-                    if src.descriptions[index - 1]:
-                        dst.set_band_description(index, src.descriptions[index - 1])
-                boxes = [(r, c) for r in range(len(rows)) for c in range(len(cols))]
-                for r, c in tqdm(
-                    boxes,
-                    desc=f"inpaint {image_path.name}",
-                    unit="window",
-                    disable=None if progress is None else not progress,
-                    leave=False,
-                ):
-                    hole_pixels += _process_window(
-                        model, device, reader, dst, rows, cols, r, c, core, feather,
-                        overview, tile_size, overlap, max_size, multiple, name,
-                    )  # fmt: skip
-                dst.update_tags(
-                    **src.tags(),
-                    INPAINTED="yes",
-                    INPAINTING_MODEL=model_label or type(model).__name__,
-                    INPAINTING_SOFTWARE=f"aerial_inpainting {_version()}",
-                    INPAINTING_MASK=str(mask_path) if mask_path else "nodata/alpha/mask band",
-                    INPAINTED_PIXELS=str(hole_pixels),
+            with rasterio.open(tmp_tif, "w+", **_output_profile(src)) as dst:
+                hole_pixels = _write_windows(
+                    model, device, reader, src, dst, grid, tiling, multiple, tags, progress
                 )
-            if suffix == ".png":
-                from rasterio.shutil import copy as gdal_copy
-
-                gdal_copy(tmp_tif, output_path, driver="PNG")
-                aux = output_path.with_name(output_path.name + ".aux.xml")
-                if aux.exists() and src.crs is None:  # a plain picture: no sidecar file
-                    aux.unlink()
-                tmp_tif.unlink()
-            else:
-                os.replace(tmp_tif, output_path)
+            _finish_output(tmp_tif, output_path, src)
         finally:
             if tmp_tif.exists():
                 tmp_tif.unlink()
         if say is not None:
             for note in reader.notes:
                 say(f"warning: {note}")
-        return RasterOutcome(width, height, hole_pixels, list(reader.notes))
+        return RasterOutcome(src.width, src.height, hole_pixels, list(reader.notes))
+
+
+@dataclass(frozen=True)
+class _WindowGrid:
+    """The windows of a raster: per axis the windows of :func:`_windows`, their core size and
+    the width of the blended border."""
+
+    rows: list
+    cols: list
+    core: int
+    feather: int
+
+
+def _window_grid(
+    model: torch.nn.Module, src: Any, window_size: int | None, halo: int | None, multiple: int
+) -> _WindowGrid:
+    """The windows of ``src`` (one window when ``window_size`` is None; ``halo`` None:
+    :func:`default_halo`)."""
+    if window_size is None:
+        core, halo_px = _round_up(max(src.height, src.width), multiple), 0
+    else:
+        halo = default_halo(model, window_size) if halo is None else halo
+        core, halo_px = _window_core(window_size, halo, multiple)
+    feather = halo_px // 2
+    return _WindowGrid(
+        rows=_windows(src.height, core, halo_px, feather),
+        cols=_windows(src.width, core, halo_px, feather),
+        core=core,
+        feather=feather,
+    )
+
+
+def _open_mask(rasterio: Any, src: Any, mask_path: str | Path, stack: contextlib.ExitStack) -> Any:
+    """The mask file, open; InpaintingInputError when it is not the image's size."""
+    mask_src = _open(rasterio, Path(mask_path), "mask", stack)
+    if (mask_src.width, mask_src.height) != (src.width, src.height):
+        raise InpaintingInputError(
+            f"mask {mask_path}: mask is {mask_src.width}x{mask_src.height} (WxH) but the "
+            f"image is {src.width}x{src.height}; image and mask must have the same size"
+        )
+    return mask_src
+
+
+def _window_core(window_size: int, halo: int, multiple: int) -> tuple[int, int]:
+    """(core side, halo) in pixels, both multiples of ``multiple``, for windows of at most
+    ``window_size`` px; InpaintingInputError when the window cannot hold the halo."""
+    halo_px = _round_up(max(0, int(halo)), multiple)
+    core = (int(window_size) - 2 * halo_px) // multiple * multiple
+    if core < max(multiple, halo_px):
+        raise InpaintingInputError(
+            f"window size {window_size} is too small for a halo of {halo_px} px: it "
+            f"must be at least 3 x the halo ({3 * max(halo_px, multiple)}); raise "
+            "--window-size or lower --window-halo"
+        )
+    return core, halo_px
+
+
+def _write_windows(
+    model: torch.nn.Module,
+    device: str | torch.device | None,
+    reader: _RasterReader,
+    src: Any,
+    dst: Any,
+    grid: _WindowGrid,
+    tiling: dict[str, Any],
+    multiple: int,
+    tags: dict[str, str],
+    progress: bool | None,
+) -> int:
+    """Inpaint every window of ``src`` into ``dst`` (bands' colours, descriptions and tags
+    copied, the run's tags added); returns the number of hole pixels filled."""
+    dst.colorinterp = src.colorinterp
+    for index in range(1, src.count + 1):
+        if src.descriptions[index - 1]:
+            dst.set_band_description(index, src.descriptions[index - 1])
+    overview: dict[str, Any] = {}
+    hole_pixels = 0
+    boxes = [(r, c) for r in range(len(grid.rows)) for c in range(len(grid.cols))]
+    for r, c in tqdm(
+        boxes,
+        desc=f"inpaint {Path(src.name).name}",
+        unit="window",
+        disable=None if progress is None else not progress,
+        leave=False,
+    ):
+        hole_pixels += _process_window(
+            model, device, reader, dst, grid, r, c, overview, tiling, multiple
+        )
+    dst.update_tags(
+        **src.tags(),
+        INPAINTED="yes",
+        **tags,
+        INPAINTING_SOFTWARE=f"aerial_inpainting {_version()}",
+        INPAINTED_PIXELS=str(hole_pixels),
+    )
+    return hole_pixels
+
+
+def _finish_output(tmp_tif: Path, output_path: Path, src: Any) -> None:
+    """Move the finished GeoTIFF to ``output_path``, or copy it to PNG there (GDAL)."""
+    if output_path.suffix.lower() != ".png":
+        os.replace(tmp_tif, output_path)
+        return
+    from rasterio.shutil import copy as gdal_copy
+
+    gdal_copy(tmp_tif, output_path, driver="PNG")
+    aux = output_path.with_name(output_path.name + ".aux.xml")
+    if aux.exists() and src.crs is None:  # a plain picture: no sidecar file
+        aux.unlink()
+    tmp_tif.unlink()
 
 
 def _open(rasterio: Any, path: Path, what: str, stack: contextlib.ExitStack) -> Any:
@@ -477,54 +535,71 @@ def _process_window(
     device: Any,
     reader: _RasterReader,
     dst: Any,
-    rows: list[tuple[int, int, int, int]],
-    cols: list[tuple[int, int, int, int]],
+    grid: _WindowGrid,
     r: int,
     c: int,
-    core: int,
-    feather: int,
     overview: dict[str, Any],
-    tile_size: int | None,
-    overlap: int,
-    max_size: int,
+    tiling: dict[str, Any],
     multiple: int,
-    name: str,
 ) -> int:
-    """Inpaint one window, blend it into ``dst``; returns its core's number of hole pixels."""
+    """Inpaint window (``r``, ``c``) of ``grid``, blend it into ``dst``; returns its core's
+    number of hole pixels. ``tiling``: ``tile_size``, ``overlap``, ``max_size`` of
+    :func:`fill_holes`."""
     from rasterio.windows import Window
 
-    ry0, ry1, wy0, wy1 = rows[r]
-    rx0, rx1, wx0, wx1 = cols[c]
+    ry0, ry1, wy0, wy1 = grid.rows[r]
+    rx0, rx1, wx0, wx1 = grid.cols[c]
     arrays = reader.read(Window(rx0, ry0, rx1 - rx0, ry1 - ry0))
     valid, data = arrays["valid"], arrays["data"]
     sy, sx = slice(wy0 - ry0, wy1 - ry0), slice(wx0 - rx0, wx1 - rx0)
-    cy0, cx0 = r * core, c * core
+    cy0, cx0, core = r * grid.core, c * grid.core, grid.core
     core_valid = valid[
         cy0 - ry0 : min(cy0 + core, ry1) - ry0, cx0 - rx0 : min(cx0 + core, rx1) - rx0
     ]
     holes = int((~core_valid).sum())
     out = data[:, sy, sx].copy()
-    write_valid = valid[sy, sx]
     write_window = Window(wx0, wy0, wx1 - wx0, wy1 - wy0)
-    if write_valid.all():
+    if valid[sy, sx].all():
         dst.write(out, window=write_window)
         return holes
     if valid.any():
         filled = fill_holes(
-            model, arrays["rgb"], valid, device, tile_size, overlap,
-            max_size=max_size, progress=False, name=name,
-        )[sy, sx]  # fmt: skip
+            model, arrays["rgb"], valid, device, **tiling, progress=False, name=reader.name
+        )[sy, sx]
     else:
         filled = _from_overview(
-            model, device, reader, overview, (wy0, wy1, wx0, wx1), tile_size, overlap,
-            max_size, name,
-        )  # fmt: skip
+            model,
+            device,
+            reader,
+            overview,
+            (wy0, wy1, wx0, wx1),
+            tiling["tile_size"],
+            tiling["overlap"],
+            tiling["max_size"],
+            reader.name,
+        )
+    weight = (
+        _blend_ramp(wy1 - wy0, 0, grid.feather, r > 0)[:, None]
+        * _blend_ramp(wx1 - wx0, 0, grid.feather, c > 0)[None, :]
+    )
+    _write_blended(dst, out, filled, valid[sy, sx], weight, write_window, reader)
+    return holes
+
+
+def _write_blended(
+    dst: Any,
+    out: np.ndarray,
+    filled: np.ndarray,
+    write_valid: np.ndarray,
+    weight: np.ndarray,
+    write_window: Any,
+    reader: _RasterReader,
+) -> None:
+    """Write ``out`` (the window's bands) with its holes taken from ``filled`` (uint8 RGB),
+    blended by ``weight`` with what ``dst`` holds there already; a filled pixel never reads
+    as nodata, and alpha becomes opaque on it."""
     bands = reader.bands
     new_colour = _colour_bands(filled, len(bands.colour))  # (b, h, w) float
-    wy = _blend_ramp(wy1 - wy0, 0, feather, r > 0)
-    wx = _blend_ramp(wx1 - wx0, 0, feather, c > 0)
-    weight = wy[:, None] * wx[None, :]
-    colour_idx = [i - 1 for i in bands.colour]
     hole = ~write_valid
     if (weight < 1).any():
         old = dst.read([i for i in bands.colour], window=write_window).astype(np.float32)
@@ -538,12 +613,11 @@ def _process_window(
         if clash.any():
             first = result[0]
             first[clash] = np.where(first[clash] < 255, first[clash] + 1, first[clash] - 1)
-    for k, index in enumerate(colour_idx):
+    for k, index in enumerate(i - 1 for i in bands.colour):
         out[index][hole] = result[k][hole]
     if bands.alpha is not None:
         out[bands.alpha - 1][hole] = 255
     dst.write(out, window=write_window)
-    return holes
 
 
 def _colour_bands(filled: np.ndarray, count: int) -> np.ndarray:
@@ -578,11 +652,22 @@ def _from_overview(
                 f"{name}: no valid pixel (everything is nodata or a hole); nothing to inpaint from"
             )
         overview["filled"] = fill_holes(
-            model, arrays["rgb"], arrays["valid"], device, tile_size, overlap,
-            max_size=max_size, progress=False, name=f"{name} (overview)",
-        )  # fmt: skip
-        logger.info("%s: windows without any valid pixel are filled from a %sx%s overview",
-                    name, shape[1], shape[0])  # fmt: skip
+            model,
+            arrays["rgb"],
+            arrays["valid"],
+            device,
+            tile_size,
+            overlap,
+            max_size=max_size,
+            progress=False,
+            name=f"{name} (overview)",
+        )
+        logger.info(
+            "%s: windows without any valid pixel are filled from a %sx%s overview",
+            name,
+            shape[1],
+            shape[0],
+        )
     small = overview["filled"]
     y0, y1, x0, x1 = region
     fy, fx = small.shape[0] / src.height, small.shape[1] / src.width

@@ -428,6 +428,64 @@ def _predict(
 FAR_HOLE_METHODS = ("coarse", "passes")
 
 
+def _one_pass(
+    model: torch.nn.Module,
+    image: np.ndarray,
+    known: np.ndarray,
+    device: torch.device,
+    multiple: int,
+    tile_size: int | None,
+    overlap: int,
+    progress: bool | None,
+    name: str,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One run of the network over ``image`` (uint8 (H, W, 3)), in tiles when ``tile_size``
+    is given, else padded to a multiple of ``multiple``: (prediction float (H, W, 3) in
+    [0, 1], bool (H, W) of the pixels it reached)."""
+    if tile_size is not None:
+        return _predict_tiled(
+            model, image, known, device, multiple, int(tile_size), int(overlap), progress, name
+        )
+    height, width = image.shape[:2]
+    ph, pw = _round_up(height, multiple), _round_up(width, multiple)
+    out, reach = _predict(model, _reflect_pad(image, ph, pw), _reflect_pad(known, ph, pw), device)
+    return out[:height, :width], reach[:height, :width]
+
+
+def _half_size_fill(
+    model: torch.nn.Module,
+    rgb: np.ndarray,
+    valid: np.ndarray,
+    device: torch.device,
+    tile_size: int | None,
+    overlap: int,
+    max_size: int,
+    progress: bool | None,
+    name: str,
+) -> np.ndarray:
+    """:func:`fill_holes` of ``rgb`` shrunk 2x (:func:`_shrink2`), upsampled back (bilinear):
+    float (H, W, 3) in [0, 1], for the pixels the full-resolution pass could not reach."""
+    height, width = rgb.shape[:2]
+    small_rgb, small_valid = _shrink2(rgb, valid)
+    coarse = fill_holes(
+        model,
+        small_rgb,
+        small_valid,
+        device,
+        tile_size,
+        overlap,
+        max_size=max_size,
+        progress=progress,
+        name=name,
+        far_holes="coarse",
+    )
+    return cv2.resize(
+        coarse.astype(np.float32) / 255.0,
+        (2 * coarse.shape[1], 2 * coarse.shape[0]),
+        interpolation=cv2.INTER_LINEAR,
+    )[:height, :width]
+
+
 def fill_holes(
     model: torch.nn.Module,
     rgb: np.ndarray,
@@ -470,42 +528,26 @@ def fill_holes(
     if tile_size is None and max(height, width) > max_size:
         tile_size = max_size
     tiled = tile_size is not None and max(height, width) > tile_size
-
-    def one_pass(image: np.ndarray, known: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if tiled:
-            return _predict_tiled(
-                model, image, known, device, multiple, int(tile_size), int(overlap),
-                progress, name,
-            )  # fmt: skip
-        ph, pw = _round_up(height, multiple), _round_up(width, multiple)
-        out, reach = _predict(
-            model, _reflect_pad(image, ph, pw), _reflect_pad(known, ph, pw), device
-        )
-        return out[:height, :width], reach[:height, :width]
+    pass_tile = tile_size if tiled else None
 
     current, known = rgb.copy(), valid.copy()
     passes = 0
     while not known.all():
         passes += 1
-        prediction, reached = one_pass(current, known)
+        prediction, reached = _one_pass(
+            model, current, known, device, multiple, pass_tile, overlap, progress, name
+        )
         new = reached & ~known
         if not new.any():  # cannot happen with a PConvUNet (see above); never loop forever
             raise RuntimeError(f"{name}: pass {passes} filled no hole pixel")
         current[new] = _to_uint8_image(prediction[new])
         known |= new
         if far_holes == "coarse" and not known.all():
-            small_rgb, small_valid = _shrink2(rgb, valid)
-            coarse = fill_holes(
-                model, small_rgb, small_valid, device, tile_size, overlap,
-                max_size=max_size, progress=progress, name=name, far_holes="coarse",
-            )  # fmt: skip
-            up = cv2.resize(
-                coarse.astype(np.float32) / 255.0,
-                (2 * coarse.shape[1], 2 * coarse.shape[0]),
-                interpolation=cv2.INTER_LINEAR,
-            )[:height, :width]
             todo = ~known
-            current[todo] = _to_uint8_image(up[todo])
+            coarse = _half_size_fill(
+                model, rgb, valid, device, tile_size, overlap, max_size, progress, name
+            )
+            current[todo] = _to_uint8_image(coarse[todo])
             logger.info(
                 "%s: %d hole pixel(s) beyond the network's reach filled at 1/2 resolution "
                 "(or coarser)",
@@ -578,9 +620,16 @@ def inpaint_image(
         return compose_output(inputs, inputs.rgb)
     check_fillable(inputs, name)
     filled = fill_holes(
-        model, inputs.rgb, inputs.valid, device, tile_size, overlap,
-        max_size=max_size, progress=progress, name=name,
-    )  # fmt: skip
+        model,
+        inputs.rgb,
+        inputs.valid,
+        device,
+        tile_size,
+        overlap,
+        max_size=max_size,
+        progress=progress,
+        name=name,
+    )
     return compose_output(inputs, filled)
 
 

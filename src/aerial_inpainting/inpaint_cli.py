@@ -91,6 +91,16 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    _add_file_arguments(parser)
+    _add_folder_arguments(parser)
+    _add_model_arguments(parser)
+    _add_raster_arguments(parser)
+    parser.add_argument("-q", "--quiet", action="store_true", help="only print errors")
+    return parser
+
+
+def _add_file_arguments(parser: argparse.ArgumentParser) -> None:
+    """IMAGE MASK -o OUT: one file pair."""
     parser.add_argument(
         "image", metavar="IMAGE", nargs="?", help="image to inpaint (PNG, JPEG, TIFF, ...)"
     )
@@ -103,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="OUT",
         help="where to write the result (PNG, TIFF, BMP or lossless WEBP; PNG without suffix)",
     )
+
+
+def _add_folder_arguments(parser: argparse.ArgumentParser) -> None:
+    """--input-dir, --mask-dir, --output-dir: whole folders."""
     folders = parser.add_argument_group("whole folders (instead of IMAGE MASK -o OUT)")
     folders.add_argument("--input-dir", metavar="DIR", help="inpaint every image in DIR")
     folders.add_argument(
@@ -117,6 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="CSV",
         help=f"CSV report of the run (default OUTPUT_DIR/{REPORT_NAME})",
     )
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model, the device, how masks are read and how images are tiled."""
     parser.add_argument(
         "--model",
         metavar="PATH-or-URI",
@@ -164,6 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="read images of up to N pixels (0 = no limit; default: Pillow's "
         "decompression-bomb limit of about 179 million)",
     )
+
+
+def _add_raster_arguments(parser: argparse.ArgumentParser) -> None:
+    """GeoTIFFs and very large rasters, read window by window."""
     geo = parser.add_argument_group(
         'GeoTIFFs and very large rasters (optional extra: pip install -e ".[geo]")'
     )
@@ -184,8 +206,6 @@ def build_parser() -> argparse.ArgumentParser:
         "windows (default: twice the network's receptive radius, at most a quarter of "
         "--window-size; 224 for the CPU network)",
     )
-    parser.add_argument("-q", "--quiet", action="store_true", help="only print errors")
-    return parser
 
 
 def _positive_int(text: str) -> int:
@@ -563,14 +583,7 @@ def inpaint_pair(
     ``mask_path`` None is allowed only for GeoTIFFs whose nodata (or alpha/mask band) marks
     the holes. Warnings go to ``say``.
     """
-    from aerial_inpainting.imaging.io import pillow_pixel_limit
-    from aerial_inpainting.inference import (
-        InpaintingInputError,
-        check_fillable,
-        compose_output,
-        fill_holes,
-        prepare_inputs,
-    )
+    from aerial_inpainting.inference import compose_output
 
     say = say or (lambda message: _say(args, message))
     check_output_format(output_path, args.allow_lossy)
@@ -581,44 +594,69 @@ def inpaint_pair(
         raise CliError(
             f"image {image_path}: no mask given (only GeoTIFFs with nodata can do without)"
         )
-    with pillow_pixel_limit(args.max_image_pixels):
-        picture = read_picture(image_path, "image")
-        mask_picture = read_picture(mask_path, "mask")
-    label = str(mask_path)
-    try:
-        inputs = prepare_inputs(
-            picture,
-            mask_picture,
-            threshold=args.threshold,
-            invert_mask=args.invert_mask,
-            name=f"image {image_path}",
-            mask_name=label,
-            invert_hint="--invert-mask",
-        )
-    except InpaintingInputError as exc:
-        hint = " (e.g. --threshold 128)" if "not binary" in str(exc) else ""
-        raise CliError(f"{exc} [image {image_path}]{hint}") from exc
+    inputs = _read_pair(args, image_path, mask_path)
     for note in inputs.notes:
         say(f"warning: {note}")
     height, width = inputs.rgb.shape[:2]
-
     if inputs.valid.all():
         write_image(output_path, compose_output(inputs, inputs.rgb))
         say(
-            f"{label}: mask has no hole (no black pixel), nothing to do; "
+            f"{mask_path}: mask has no hole (no black pixel), nothing to do; "
             f"{output_path} is an unchanged copy of {image_path}"
         )
         return PairOutcome("unchanged", 0.0, list(inputs.notes), width, height)
     if not inputs.valid.any():
         raise CliError(
-            f"{label}: mask has no valid pixel (all black = all hole), nothing to inpaint from; "
-            "white = keep, black = fill (use --invert-mask for the opposite convention)"
+            f"{mask_path}: mask has no valid pixel (all black = all hole), nothing to inpaint "
+            "from; white = keep, black = fill (use --invert-mask for the opposite convention)"
         )
+    result = compose_output(inputs, _fill(args, inputs, image_path, get_model, progress))
+    suffix = Path(output_path).suffix.lower()
+    if suffix in LOSSY_SUFFIXES:
+        say(f"warning: {LOSSY_SUFFIXES[suffix]}: the valid pixels of OUT will differ")
+    write_image(output_path, result)
+    return PairOutcome("inpainted", inputs.hole_ratio, list(inputs.notes), width, height)
+
+
+def _read_pair(args: argparse.Namespace, image_path: Path, mask_path: Path):
+    """The image and its mask, read and checked (:func:`inference.prepare_inputs`); CliError
+    for an unreadable file or a mask that is not usable as given."""
+    from aerial_inpainting.imaging.io import pillow_pixel_limit
+    from aerial_inpainting.inference import InpaintingInputError, prepare_inputs
+
+    with pillow_pixel_limit(args.max_image_pixels):
+        picture = read_picture(image_path, "image")
+        mask_picture = read_picture(mask_path, "mask")
+    try:
+        return prepare_inputs(
+            picture,
+            mask_picture,
+            threshold=args.threshold,
+            invert_mask=args.invert_mask,
+            name=f"image {image_path}",
+            mask_name=str(mask_path),
+            invert_hint="--invert-mask",
+        )
+    except InpaintingInputError as exc:
+        hint = " (e.g. --threshold 128)" if "not binary" in str(exc) else ""
+        raise CliError(f"{exc} [image {image_path}]{hint}") from exc
+
+
+def _fill(
+    args: argparse.Namespace,
+    inputs,
+    image_path: Path,
+    get_model: Callable[[], object],
+    progress: bool | None,
+) -> np.ndarray:
+    """The model's filling of ``inputs``' holes (uint8 RGB); CliError when it cannot run."""
+    from aerial_inpainting.inference import InpaintingInputError, check_fillable, fill_holes
+
     check_fillable(inputs)
     device = _device(args)
     model = get_model()
     try:
-        filled = fill_holes(
+        return fill_holes(
             model,
             inputs.rgb,
             inputs.valid,
@@ -635,12 +673,6 @@ def inpaint_pair(
         raise CliError(
             f"inference failed on {device}: {exc} (try --device cpu or --tile-size)"
         ) from exc
-    result = compose_output(inputs, filled)
-    if Path(output_path).suffix.lower() in LOSSY_SUFFIXES:
-        suffix = Path(output_path).suffix.lower()
-        say(f"warning: {LOSSY_SUFFIXES[suffix]}: the valid pixels of OUT will differ")
-    write_image(output_path, result)
-    return PairOutcome("inpainted", inputs.hole_ratio, list(inputs.notes), width, height)
 
 
 def _device(args: argparse.Namespace):

@@ -10,7 +10,9 @@ ValueError whose heading names the block and its file, e.g.::
       Field required [type=missing]
 
 The training block has its own typed config, :class:`aerial_inpainting.pconv.config.TrainConfig`
-(plain Python: the training loop is usable without Kedro).
+(plain Python: the training loop is usable without Kedro, its fields keep defaults for that
+use); the training node checks it the same way, every key required and a missing one named
+with its file (``TrainConfig.from_params(params, complete=True)``).
 
 Why the nodes parse their ``params:`` input themselves rather than through Kedro's typed
 parameters (``kedro.validation``, a node argument annotated with a model): Kedro then hands

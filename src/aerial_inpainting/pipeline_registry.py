@@ -1,19 +1,20 @@
-"""Project pipelines: every folder under ``pipelines/`` plus the default DAG."""
+"""The project's pipelines by name, for ``kedro run --pipelines=<name>``."""
 
 from __future__ import annotations
 
-from kedro.framework.project import find_pipelines
 from kedro.pipeline import Pipeline
 
-# The main job (`kedro run`): data -> training -> evaluation. `inpaint` works on the
-# user's own images and runs only when asked for (`kedro run --pipelines=inpaint`).
-DEFAULT_PIPELINES = ("data_processing", "training", "evaluate")
+from aerial_inpainting.pipelines import data_processing, evaluate, inpaint, training
 
 
 def register_pipelines() -> dict[str, Pipeline]:
-    """Register the project's pipelines; ``__default__`` is the main DAG."""
-    pipelines = find_pipelines(raise_errors=True)
-    pipelines["__default__"] = sum(
-        (pipelines[name] for name in DEFAULT_PIPELINES if name in pipelines), Pipeline([])
-    )
-    return pipelines
+    """Every pipeline by name; ``__default__`` (plain ``kedro run``) is data -> training ->
+    evaluation. ``inpaint`` fills the user's own images and runs only when asked for."""
+    pipelines = {
+        "data_processing": data_processing.create_pipeline(),
+        "training": training.create_pipeline(),
+        "evaluate": evaluate.create_pipeline(),
+        "inpaint": inpaint.create_pipeline(),
+    }
+    default = pipelines["data_processing"] + pipelines["training"] + pipelines["evaluate"]
+    return {**pipelines, "__default__": default}

@@ -10,12 +10,16 @@ Two nodes of 8 GPUs: the same command on each, from the project directory::
         --rdzv_endpoint=node0.example:29500 --rdzv_id=pconv-1 \\
         -m aerial_inpainting.torchrun_training --env gpu
 
-Every process reads ``params:training`` and the training node's inputs through the project's
-config and catalog, as ``kedro run --pipeline training`` would (so ``data/`` must be present
-on every node), joins the process group, and runs the shared loop. Kedro hooks do not run in
-the processes (one MLflow run per process is not wanted): rank 0 alone opens one MLflow run
-(tracking URI and experiment from ``mlflow.yml``, through kedro-mlflow's own configuration
-class), shows the progress bar, writes checkpoints, and saves the node's outputs (``model``,
+Every process makes the project's KedroContext with Kedro's public API
+(``bootstrap_project``, ``KedroSession.create``, ``session.load_context``), so it reads
+``params:training`` and the ``training`` pipeline's node inputs through the project's config
+and catalog as ``kedro run --pipeline training`` would (``data/`` must be present on every
+node). It then runs the worker body that the Kedro node's own multi-process launch runs too
+(:func:`aerial_inpainting.pconv.train_distributed.run_worker`: join the process group, build
+the data, train, rank 0's outputs). No pipeline is run, so no per-process MLflow run is
+opened: kedro-mlflow's hooks are registered on rank 0 alone, which configures tracking from
+``mlflow.yml`` (URI, experiment) as ``kedro run`` does and opens one MLflow run; rank 0 also
+shows the progress bar, writes checkpoints, and saves the node's outputs (``model``,
 ``training_history``, ``loss_curve``) to the catalog, so ``kedro run --pipeline evaluate``
 can follow.
 """
@@ -26,21 +30,28 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from aerial_inpainting.pconv import distributed as ddp
+from aerial_inpainting.pconv import train_distributed
 from aerial_inpainting.pconv.config import TrainConfig
-from aerial_inpainting.pconv.train import train
-from aerial_inpainting.pconv.train_distributed import join_process_group
-from aerial_inpainting.pipelines.training.nodes import build_training_data, training_outputs
-from aerial_inpainting.pipelines.training.pipeline import create_pipeline
+from aerial_inpainting.pipelines.training.nodes import (
+    build_training_data,
+    training_config,
+    training_outputs,
+)
 from aerial_inpainting.tracking import training_callbacks
 
 logger = logging.getLogger(__name__)
+
+TRAINING_NODE = "train_model"  # the node of the `training` pipeline this runs
+MLFLOW_PLUGIN_NAMES = ("kedro_mlflow", "kedro-mlflow")  # its distribution's name, both spellings
 
 
 def parse_runtime_params(text: str | None) -> dict[str, Any]:
@@ -56,54 +67,82 @@ def parse_runtime_params(text: str | None) -> dict[str, Any]:
     return OmegaConf.to_container(OmegaConf.from_dotlist(items))  # type: ignore[return-value]
 
 
-def load_context(project_dir: str | os.PathLike, env: str | None, runtime_params: Mapping):
-    """A KedroContext of the project without plugin hooks (no kedro-mlflow run per process).
+def load_context(
+    project_dir: str | os.PathLike, env: str | None, runtime_params: Mapping, mlflow: bool = False
+):
+    """The project's KedroContext, made as ``kedro run`` makes it (a ``KedroSession``).
 
-    Relative paths in the catalog resolve against the project: we ``chdir`` there.
+    With ``mlflow=False`` kedro-mlflow's hooks are not registered in this process (no MLflow
+    set-up on every rank); with ``mlflow=True`` they configure tracking from ``mlflow.yml``
+    (URI, experiment) as for ``kedro run``, and the context gets kedro-mlflow's ``mlflow``
+    config. Relative paths in the catalog resolve against the project: we ``chdir`` there.
     """
-    from kedro.framework.hooks.manager import _create_hook_manager
     from kedro.framework.project import settings
+    from kedro.framework.session import KedroSession
     from kedro.framework.startup import bootstrap_project
 
     project_dir = Path(project_dir).resolve()
-    metadata = bootstrap_project(project_dir)
+    bootstrap_project(project_dir)
     os.chdir(project_dir)
-    loader = settings.CONFIG_LOADER_CLASS(
-        conf_source=str(project_dir / settings.CONF_SOURCE),
-        env=env,
-        runtime_params=dict(runtime_params),
-        **settings.CONFIG_LOADER_ARGS,
-    )
-    return settings.CONTEXT_CLASS(
-        package_name=metadata.package_name,
-        project_path=project_dir,
-        config_loader=loader,
-        env=env,
-        runtime_params=dict(runtime_params),
-        hook_manager=_create_hook_manager(),  # hook specs only, no plugins registered
-    )
+    before = settings.DISABLE_HOOKS_FOR_PLUGINS
+    if not mlflow:  # read when the session registers the hooks, restored right after
+        settings.set("DISABLE_HOOKS_FOR_PLUGINS", tuple({*before, *MLFLOW_PLUGIN_NAMES}))
+    try:
+        session = KedroSession.create(
+            project_path=project_dir, env=env, runtime_params=dict(runtime_params)
+        )
+    finally:
+        settings.set("DISABLE_HOOKS_FOR_PLUGINS", before)
+    with session:
+        return session.load_context()
 
 
-def start_mlflow_run(context, cfg: TrainConfig):
-    """Rank 0's MLflow run, configured from mlflow.yml exactly as kedro-mlflow does."""
+@contextmanager
+def mlflow_run(context, cfg: TrainConfig, enabled: bool) -> Iterator[bool]:
+    """Rank 0's MLflow run around the training (tracking configured by kedro-mlflow's hook in
+    :func:`load_context`); yields whether a run is open. Ended FAILED when training fails."""
+    if not enabled:
+        yield False
+        return
     import mlflow
     import pandas as pd
-    from kedro.config import MissingConfigException
-    from kedro_mlflow.config.kedro_mlflow_config import KedroMlflowConfig
 
-    try:
-        conf = dict(context.config_loader["mlflow"] or {})
-    except MissingConfigException:
-        conf = {}
-    config = KedroMlflowConfig.model_validate(conf)
-    if config.tracking.experiment.name is None:
-        config.tracking.experiment.name = context._package_name
-    config.setup(context)  # tracking URI, credentials, experiment
-    run = mlflow.start_run(run_name=config.tracking.run.name)
+    mlflow.start_run(run_name=context.mlflow.tracking.run.name)
     flat = pd.json_normalize({"training": cfg.to_dict()}, sep=".").iloc[0]
     mlflow.log_params({k: str(v)[:500] for k, v in flat.items()})
     mlflow.set_tag("training.launcher", "torchrun")
-    return run
+    status = "FAILED"
+    try:
+        yield True
+        status = "FINISHED"
+    finally:
+        mlflow.end_run(status=status)
+
+
+def training_job(context, params: Mapping[str, Any], cfg: TrainConfig, log_to_mlflow: bool):
+    """The :class:`WorkerJob` of one process: the training node's inputs from the catalog,
+    rank 0's outputs saved to it (the node of the registered ``training`` pipeline)."""
+    from kedro.framework.project import pipelines
+
+    (node,) = pipelines["training"].filter(node_names=[TRAINING_NODE]).nodes
+    catalog = context.catalog
+
+    def data():
+        inputs = {
+            name: catalog.load(name) for name in node.inputs if not name.startswith("params:")
+        }
+        shapes = context.params["data_processing"]["masks"]["shapes"]
+        return build_training_data(**inputs, cfg=cfg, mask_shapes=shapes)
+
+    def outputs(result):
+        import mlflow
+
+        values = training_outputs(result, cfg, mlflow if log_to_mlflow else None)
+        for name, value in zip(node.outputs, values, strict=True):
+            catalog.save(name, value)
+
+    callbacks = partial(training_callbacks, cfg.grid_dir, log_to_mlflow)
+    return train_distributed.WorkerJob(dict(params), data, outputs, callbacks)
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
@@ -123,41 +162,21 @@ def build_arg_parser() -> argparse.ArgumentParser:
 @record  # torchrun then reports a failing rank's traceback
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_arg_parser().parse_args(argv)
-    context = load_context(args.project_dir, args.env, parse_runtime_params(args.params))
-    cfg = TrainConfig.from_params(context.params["training"])
-    ctx = join_process_group(cfg)
-    if cfg.devices != 1 and cfg.devices != ctx.world_size:
+    use_mlflow = ddp.launched_rank() == 0 and not args.no_mlflow
+    context = load_context(
+        args.project_dir, args.env, parse_runtime_params(args.params), mlflow=use_mlflow
+    )
+    params, cfg = training_config(context.params["training"])
+    world_size = ddp.launched_world_size()
+    if cfg.devices != 1 and cfg.devices != world_size:
         logger.warning(
             "training.devices=%d is ignored under torchrun: the world size is %d",
             cfg.devices,
-            ctx.world_size,
+            world_size,
         )
-    run, status = None, "FAILED"
-    try:
-        catalog = context.catalog
-        node = create_pipeline().nodes[0]
-        inputs = {
-            name: catalog.load(name) for name in node.inputs if not name.startswith("params:")
-        }
-        shapes = context.params["data_processing"]["masks"]["shapes"]
-        data = build_training_data(**inputs, cfg=cfg, mask_shapes=shapes)
-        if ctx.is_main and not args.no_mlflow:
-            run = start_mlflow_run(context, cfg)
-        callbacks = training_callbacks(cfg.grid_dir, mlflow=run is not None)
-        result = train(cfg, data, callbacks, dist_ctx=ctx)
-        if ctx.is_main:
-            import mlflow
-
-            outputs = training_outputs(result, cfg, mlflow if run is not None else None)
-            for name, value in zip(node.outputs, outputs, strict=True):
-                catalog.save(name, value)
-        status = "FINISHED"
-    finally:
-        if run is not None:
-            import mlflow
-
-            mlflow.end_run(status=status)
-        ddp.destroy_distributed()
+    with mlflow_run(context, cfg, enabled=use_mlflow) as logging_to_mlflow:
+        job = training_job(context, params, cfg, logging_to_mlflow)
+        train_distributed.run_worker(job)
     return 0
 
 

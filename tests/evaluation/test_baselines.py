@@ -53,18 +53,23 @@ def test_mean_fill_is_the_exact_valid_mean() -> None:
 def test_no_hole_returns_the_input_and_bad_input_is_named() -> None:
     image = np.zeros((8, 8, 3), np.uint8)
     for name in baselines.BASELINES:
-        np.testing.assert_array_equal(baselines.get_baseline(name)(image, np.ones((8, 8))), image)
+        fill = baselines.get_baseline(name, {"telea_radius": 3, "ns_radius": 3})
+        np.testing.assert_array_equal(fill(image, np.ones((8, 8))), image)
     with pytest.raises(ValueError, match="Mask shape"):
         baselines.telea(image, np.ones((4, 4)))
     with pytest.raises(ValueError, match="Unknown baseline"):
-        baselines.get_baseline("nope")
+        baselines.get_baseline("nope", {})
+    with pytest.raises(
+        ValueError, match=r"evaluate.ns_radius is missing \(conf/base/parameters_evaluate.yml\)"
+    ):
+        baselines.get_baseline("navier_stokes", {"telea_radius": 3})
 
 
 def test_inpaint_batch_sequential_equals_pool() -> None:
     rng = np.random.default_rng(2)
     images = np.stack([_scene(rng) for _ in range(3)])
     masks = np.stack([_mask()] * 3)
-    fn = baselines.get_baseline("telea")
+    fn = baselines.get_baseline("telea", {"telea_radius": 3})
     seq = baselines.inpaint_batch(fn, images, masks)
     pooled = baselines.inpaint_batch(fn, images, masks, workers=2)
     np.testing.assert_array_equal(seq, pooled)

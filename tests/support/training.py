@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import complete_training_params
 
 
 @pytest.fixture(autouse=True)
@@ -73,7 +74,7 @@ def _tiny_params(tmp_path, **overrides: Any) -> dict[str, Any]:
         "progress_bar": False,
     }
     params.update(overrides)
-    return params
+    return complete_training_params(params)
 
 
 @pytest.fixture

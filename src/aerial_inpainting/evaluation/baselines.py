@@ -12,9 +12,10 @@ to a uint8 image whose valid pixels are the input's, unchanged: only holes are f
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from functools import partial
+from typing import Any
 
 import cv2
 import numpy as np
@@ -103,20 +104,33 @@ def mean_fill(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return filled
 
 
+RADIUS_PARAMETERS = {"telea": "telea_radius", "navier_stokes": "ns_radius"}
+PARAMETERS_FILE = "conf/base/parameters_evaluate.yml"
+
+
 def get_baseline(
-    name: str, params: dict | None = None
+    name: str, params: Mapping[str, Any]
 ) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-    """The baseline called ``name``, with its parameters (``telea_radius``, ``ns_radius``) bound."""
-    params = params or {}
+    """The baseline called ``name``, with its parameter bound.
+
+    ``params``: the ``evaluate:`` keys the baseline needs, ``telea_radius`` for ``telea``,
+    ``ns_radius`` for ``navier_stokes`` (the others take none). Raises ValueError for an
+    unknown name, or naming the key and its file when the baseline's key is missing.
+    """
     table: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
-        "telea": partial(telea, radius=params.get("telea_radius", 3.0)),
-        "navier_stokes": partial(navier_stokes, radius=params.get("ns_radius", 3.0)),
+        "telea": telea,
+        "navier_stokes": navier_stokes,
         "biharmonic": biharmonic,
         "mean_fill": mean_fill,
     }
     if name not in table:
         raise ValueError(f"Unknown baseline {name!r}; choose from {sorted(table)}")
-    return table[name]
+    if name not in RADIUS_PARAMETERS:
+        return table[name]
+    key = RADIUS_PARAMETERS[name]
+    if key not in params:
+        raise ValueError(f"evaluate.{key} is missing ({PARAMETERS_FILE}); baseline {name} needs it")
+    return partial(table[name], radius=params[key])
 
 
 def _apply(

@@ -36,6 +36,7 @@ class Chunk:
     model_outputs: np.ndarray | None = None  # uint8 (n, H, W, 3), or None: no model scores
     biharmonic: np.ndarray | None = None  # bool (n,): run the (slow) biharmonic baseline here
     methods: Sequence[str] = ()
+    # telea_radius, ns_radius (see baselines.get_baseline) and lpips_net ("alex", "vgg", None)
     params: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -62,14 +63,14 @@ def _composite(outputs: np.ndarray, images: np.ndarray, masks: np.ndarray) -> np
 def score_chunk(chunk: Chunk) -> dict[str, dict[str, np.ndarray]]:
     """{method: {"positions": ..., metric: values}} for the model (if given) and each baseline.
 
-    With ``chunk.params["lpips_net"]`` (``"alex"`` or ``"vgg"``) each method also gets
+    With ``chunk.params["lpips_net"]`` ``"alex"`` or ``"vgg"`` (not None or ``"none"``) each method also gets
     ``lpips``: LPIPS of its composite against the ground truth (features of the ground truth
     computed once per chunk); else ``lpips`` is NaN.
     """
     gt_t = _nchw(chunk.images)
     mask_t = torch.from_numpy(np.ascontiguousarray(chunk.masks))[:, None]
     out: dict[str, dict[str, np.ndarray]] = {}
-    lpips_net = chunk.params.get("lpips_net")
+    lpips_net = chunk.params["lpips_net"]
     scorer = gt_feats = None
     if lpips_net not in (None, "none") and len(chunk.images):
         from .perceptual import get_scorer

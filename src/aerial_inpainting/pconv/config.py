@@ -35,6 +35,25 @@ def _typed(name: str, value: Any, parse) -> Any:
         raise ValueError(f"training.{name}: {exc}") from exc
 
 
+# The keys of the nested blocks that parameters_training.yml sets (the U-Net's input and
+# output channels are RGB, not parameters).
+_NESTED_KEYS = {
+    "model": ("depth", "base_channels", "max_channels"),
+    "loss_weights": tuple(f.name for f in dataclasses.fields(LossWeights)),
+    "augment": tuple(f.name for f in dataclasses.fields(AugmentConfig)),
+}
+
+
+def missing_keys(params: Mapping[str, Any]) -> list[str]:
+    """The keys of ``parameters_training.yml`` (``model.depth`` for nested ones) that
+    ``params`` lacks."""
+    missing = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in params]
+    for block, names in _NESTED_KEYS.items():
+        if block in params and isinstance(params[block], Mapping):
+            missing += [f"{block}.{name}" for name in names if name not in params[block]]
+    return sorted(missing)
+
+
 def _augment(values: Mapping[str, Any]) -> AugmentConfig:
     bad = sorted(set(values) - {f.name for f in dataclasses.fields(AugmentConfig)})
     if bad:
@@ -94,19 +113,24 @@ class TrainConfig:
         self.augment = _typed("augment", self.augment or {}, _augment)
 
     @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> TrainConfig:
+    def from_params(cls, params: Mapping[str, Any], *, complete: bool = False) -> TrainConfig:
         """Parse and validate the parameter mapping; unknown keys are an error, not ignored.
 
-        Raises ValueError naming the parameter (``training.<key>``) and, for unknown keys,
-        the parameters file.
+        ``complete=True`` (the Kedro node: the YAML is the only source of values) also refuses
+        a mapping that lacks a key, nested blocks' keys included; without it, missing keys
+        take the field defaults (plain-Python use). Raises ValueError naming the parameter
+        (``training.<key>``) and, for unknown or missing keys, the parameters file.
         """
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(params) - names)
         if unknown:
             raise ValueError(
-                f"parameters_training.yml: unknown key(s) under `training:` {unknown}; "
+                f"{PARAMETERS_FILE}: unknown key(s) under `training:` {unknown}; "
                 f"known keys: {sorted(names)}"
             )
+        missing = missing_keys(params) if complete else []
+        if missing:
+            raise ValueError(f"{PARAMETERS_FILE}: missing key(s) under `training:` {missing}")
         cfg = cls(**dict(params))
         cfg.validate()
         return cfg

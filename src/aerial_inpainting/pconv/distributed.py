@@ -71,6 +71,18 @@ def _env_int(name: str, default: int) -> int:
         raise ValueError(f"environment variable {name}={value!r} is not an integer") from exc
 
 
+def launched_rank() -> int:
+    """This process's global rank as torchrun (or :func:`launch_local`) set it in ``RANK``;
+    0 for a process that was not launched that way. Known before the group is joined."""
+    return _env_int("RANK", 0)
+
+
+def launched_world_size() -> int:
+    """The number of processes of the job as torchrun set it in ``WORLD_SIZE`` (1 when not
+    launched that way)."""
+    return _env_int("WORLD_SIZE", 1)
+
+
 def resolve_backend(backend: str, device: torch.device) -> str:
     """``auto``: nccl for CUDA devices, gloo otherwise; nccl on a CPU is refused early."""
     if backend not in BACKENDS:
@@ -121,8 +133,12 @@ def init_distributed(
     )
     logger.info(
         "Joined process group: rank %d/%d (local rank %d) on %s, backend %s",
-        rank, world_size, local_rank, dev, backend_name,
-    )  # fmt: skip
+        rank,
+        world_size,
+        local_rank,
+        dev,
+        backend_name,
+    )
     return DistContext(rank, local_rank, world_size, backend_name, dev)
 
 

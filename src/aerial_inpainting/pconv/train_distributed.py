@@ -1,16 +1,21 @@
-"""Multi-process training started from Python: what the Kedro node runs for ``devices > 1``.
+"""Multi-process training: one worker body for both ways of starting the processes.
 
-:func:`train_multiprocess` writes the training inputs to a bundle (images memory-mapped, not
-copied, when they already are a ``.npy`` file), starts ``n`` local processes with
-:func:`aerial_inpainting.pconv.distributed.launch_local` (torch's elastic launch, what
-``torchrun --standalone`` does), and reads back the model that rank 0 saved. Every process
-runs :func:`run_worker`: join the group, load the bundle, run the shared loop
-:func:`aerial_inpainting.pconv.train.train`. Rank 0 alone builds the reporting callbacks, from
-a picklable factory given by the caller (the Kedro node passes one that logs into its own
-MLflow run without starting or ending it, so a ``kedro run`` keeps one run).
+Every process of a data-parallel run executes :func:`run_worker` on a :class:`WorkerJob`:
+join the process group (:func:`join_process_group`), build the data (``job.data``), run the
+shared loop :func:`aerial_inpainting.pconv.train.train`, and on rank 0 produce the outputs
+(``job.outputs``). What differs between the two launch paths is only what those two steps are:
 
-The ``torchrun`` command line for one or several nodes is
-:mod:`aerial_inpainting.torchrun_training`; it shares :func:`join_process_group` with this.
+* the Kedro node with ``training.devices > 1`` calls :func:`train_multiprocess`: it writes the
+  training inputs to a bundle (images memory-mapped, not copied, when they already are a
+  ``.npy`` file), starts the processes with
+  :func:`aerial_inpainting.pconv.distributed.launch_local` (torch's elastic launch, what
+  ``torchrun --standalone`` does); the workers load the bundle and rank 0 saves the model
+  file that the node reads back. Rank 0's reporting callbacks come from a picklable factory
+  given by the caller (the node passes one that logs into its own MLflow run without
+  starting or ending it, so a ``kedro run`` keeps one run);
+* ``torchrun ... -m aerial_inpainting.torchrun_training`` (one node or several): every
+  process builds the data from the project's catalog and rank 0 saves the training node's
+  outputs to it.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import os
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -49,12 +55,17 @@ CallbackFactory = Callable[[], Sequence[TrainingCallback]]
 
 @dataclass
 class WorkerJob:
-    """Everything one spawned process needs (small and picklable)."""
+    """What every process of a run does, in parts (picklable when the processes are spawned).
+
+    ``params`` is ``params:training``; ``data()`` builds the loop's inputs (every rank);
+    ``outputs(result)`` is rank 0's last step, its return value that of :func:`run_worker`;
+    ``callbacks()`` makes rank 0's training callbacks.
+    """
 
     params: dict[str, Any]
-    bundle_dir: str
-    result_path: str
-    callbacks: CallbackFactory | None = None  # called by rank 0 only
+    data: Callable[[], TrainingData]
+    outputs: Callable[[TrainResult], Any]
+    callbacks: CallbackFactory | None = None
     log_level: str = "INFO"
 
 
@@ -94,9 +105,14 @@ def load_bundle(directory: str | os.PathLike) -> TrainingData:
     payload = torch.load(path, map_location="cpu", weights_only=False)
     images = np.load(payload["images_path"], mmap_mode="r")
     train_set = InpaintingTrainDataset(
-        images, payload["rows"], payload["masks"], size=payload["size"], seed=payload["seed"],
-        augment=AugmentConfig(**payload["augment"]), mask_generator=payload["mask_generator"],
-    )  # fmt: skip
+        images,
+        payload["rows"],
+        payload["masks"],
+        size=payload["size"],
+        seed=payload["seed"],
+        augment=AugmentConfig(**payload["augment"]),
+        mask_generator=payload["mask_generator"],
+    )
     return TrainingData(
         train_set, payload["val_images"], payload["val_masks"], payload["description"]
     )
@@ -131,18 +147,19 @@ def join_process_group(cfg: TrainConfig, log_level: str = "INFO") -> ddp.DistCon
     return ctx
 
 
-def run_worker(job: WorkerJob) -> dict[str, Any] | None:
-    """Body of every launched process; returns rank 0's summary, ``None`` on the others."""
+def run_worker(job: WorkerJob) -> Any:
+    """The body of every process: join the group, build the data, train, rank 0's outputs.
+
+    Returns ``job.outputs(result)`` on rank 0, ``None`` on the other ranks. The process group
+    is left even when training fails.
+    """
     cfg = TrainConfig.from_params(job.params)
     ctx = join_process_group(cfg, job.log_level)
     try:
-        data = load_bundle(job.bundle_dir)
+        data = job.data()
         callbacks = list(job.callbacks()) if ctx.is_main and job.callbacks is not None else []
         result = train(cfg, data, callbacks, dist_ctx=ctx)
-        if not ctx.is_main:
-            return None
-        save_result(job.result_path, result)
-        return {"final_step": result.info["final_step"]}
+        return job.outputs(result) if ctx.is_main else None
     finally:
         ddp.destroy_distributed()
 
@@ -181,15 +198,16 @@ def train_multiprocess(
         )
     with tempfile.TemporaryDirectory(prefix="pconv-ddp-") as tmp:
         save_bundle(tmp, data)
+        result_path = Path(tmp) / "result.safetensors"
         job = WorkerJob(
             params=dict(params),
-            bundle_dir=tmp,
-            result_path=str(Path(tmp) / "result.safetensors"),
+            data=partial(load_bundle, tmp),
+            outputs=partial(save_result, result_path),
             callbacks=callbacks,
             log_level=logging.getLevelName(logging.getLogger().getEffectiveLevel()),
         )
         logger.info("Launching %d training processes (torch elastic launch)", n_procs)
         ddp.launch_local(n_procs, run_worker, (job,))
-        if not Path(job.result_path).is_file():
+        if not result_path.is_file():
             raise RuntimeError("distributed training finished but rank 0 wrote no result file")
-        return load_result(job.result_path)
+        return load_result(result_path)

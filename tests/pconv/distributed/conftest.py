@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import complete_training_params
 
 from aerial_inpainting.pconv import distributed as ddp
 from aerial_inpainting.pconv.data import InpaintingTrainDataset
@@ -81,7 +82,7 @@ def tiny_params(tmp: Path, **overrides: Any) -> dict[str, Any]:
         "backend": "gloo",
     }
     params.update(overrides)
-    return params
+    return complete_training_params(params)
 
 
 def tiny_data() -> TrainingData:

@@ -1,5 +1,5 @@
 """data_processing: raw aerial folders -> image stack, index, stratified split, masks."""
 
-from aerial_inpainting.pipelines.data_processing.pipeline import create_pipeline
+from .pipeline import create_pipeline
 
 __all__ = ["create_pipeline"]

@@ -166,9 +166,46 @@ def ingest_images(
         progress=_progress(params),
     )
 
+    rows, problems = _index_rows(listing, ids, outcomes, size)
+    report = pd.DataFrame(problems, columns=REPORT_COLUMNS)
+    skipped = report[report.action == "skipped"]
+    if not rows:
+        examples = "; ".join(f"{r.source_file}: {r.problem}" for r in skipped.head(5).itertuples())
+        raise ValueError(
+            f"No readable image in {listing.root} ({listing.n_files} files seen, none usable"
+            f"{': ' + examples if examples else ''}). Put the SkyView images as "
+            f"{EXPECTED_LAYOUT} (one folder per class, JPEG/PNG/TIFF files inside), or empty "
+            f"the folder to run on the built-in synthetic data."
+        )
+    index = pd.DataFrame(rows, columns=INDEX_COLUMNS)
+    n_classes = index.class_name.nunique()
+    logger.info(
+        "Ingested %d real images from %d classes in %s", len(index), n_classes, listing.root
+    )
+    if len(skipped):
+        counts = Counter(p.split(" (")[0] for p in skipped.problem)
+        logger.warning(
+            "Skipped %d of %d files (%s); details in the data-quality report",
+            len(skipped),
+            listing.n_files,
+            ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())),
+        )
+    n_other = len(report) - len(skipped)
+    if n_other:
+        logger.warning(
+            "%d other data-quality notes (empty class folders, upscaled images)", n_other
+        )
+    return images, index, report
+
+
+def _index_rows(
+    listing: AerialListing, ids: list[str], outcomes: list, size: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(index rows of the decoded images, data-quality rows: the listing's problems, then
+    the files skipped or upscaled), from the decoding outcomes of ``listing.entries``."""
     problems = list(listing.problems)
-    rows = []
-    for image_id, (class_name, path), outcome in zip(ids, entries, outcomes, strict=True):
+    rows: list[dict[str, Any]] = []
+    for image_id, (class_name, path), outcome in zip(ids, listing.entries, outcomes, strict=True):
         source = listing.relative(path)
         if not outcome.ok:
             problems.append(
@@ -202,35 +239,7 @@ def ingest_images(
                 "row": len(rows),
             }
         )
-    report = pd.DataFrame(problems, columns=REPORT_COLUMNS)
-    skipped = report[report.action == "skipped"]
-    if not rows:
-        examples = "; ".join(f"{r.source_file}: {r.problem}" for r in skipped.head(5).itertuples())
-        raise ValueError(
-            f"No readable image in {listing.root} ({listing.n_files} files seen, none usable"
-            f"{': ' + examples if examples else ''}). Put the SkyView images as "
-            f"{EXPECTED_LAYOUT} (one folder per class, JPEG/PNG/TIFF files inside), or empty "
-            f"the folder to run on the built-in synthetic data."
-        )
-    index = pd.DataFrame(rows, columns=INDEX_COLUMNS)
-    n_classes = index.class_name.nunique()
-    logger.info(
-        "Ingested %d real images from %d classes in %s", len(index), n_classes, listing.root
-    )
-    if len(skipped):
-        counts = Counter(p.split(" (")[0] for p in skipped.problem)
-        logger.warning(
-            "Skipped %d of %d files (%s); details in the data-quality report",
-            len(skipped),
-            listing.n_files,
-            ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())),
-        )
-    n_other = len(report) - len(skipped)
-    if n_other:
-        logger.warning(
-            "%d other data-quality notes (empty class folders, upscaled images)", n_other
-        )
-    return images, index, report
+    return rows, problems
 
 
 def split_train_test(

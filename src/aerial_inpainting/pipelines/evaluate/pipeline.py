@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from kedro.pipeline import Pipeline, node, pipeline
+from kedro.pipeline import Node, Pipeline
 
 from .nodes import (
     compute_metrics,
@@ -18,7 +18,7 @@ from .nodes import (
     summarise_evaluation,
 )
 
-TAGS = ["evaluate"]
+TAG = "evaluate"
 
 
 LARGE_HOLES = "large_holes"
@@ -26,24 +26,24 @@ LARGE_HOLES = "large_holes"
 
 def _scoring(split: str, masks: str, mask_index: str) -> Pipeline:
     """Prepare -> predict -> score -> summarise, on (part of) the test split with its masks."""
-    return pipeline(
+    return Pipeline(
         [
-            node(
-                prepare_evaluation_set,
+            Node(
+                func=prepare_evaluation_set,
                 inputs=[split, mask_index, masks],
                 outputs=["evaluation_set", "evaluation_masks"],
                 name="prepare_evaluation_set",
-                tags=TAGS,
+                tags=[TAG],
             ),
-            node(
-                predict_test_images,
+            Node(
+                func=predict_test_images,
                 inputs=["model", "images", "evaluation_set", "evaluation_masks", "params:evaluate"],
                 outputs="model_outputs",
                 name="predict_test_images",
-                tags=TAGS,
+                tags=[TAG],
             ),
-            node(
-                compute_metrics,
+            Node(
+                func=compute_metrics,
                 inputs=[
                     "images",
                     "evaluation_set",
@@ -53,14 +53,14 @@ def _scoring(split: str, masks: str, mask_index: str) -> Pipeline:
                 ],
                 outputs="evaluation_per_image",
                 name="compute_metrics",
-                tags=TAGS,
+                tags=[TAG],
             ),
-            node(
-                summarise_evaluation,
+            Node(
+                func=summarise_evaluation,
                 inputs=["evaluation_per_image", "params:evaluate"],
                 outputs=["evaluation_summary", "evaluation_summary_markdown", "evaluation_metrics"],
                 name="summarise_evaluation",
-                tags=TAGS,
+                tags=[TAG],
             ),
         ]
     )
@@ -69,7 +69,7 @@ def _scoring(split: str, masks: str, mask_index: str) -> Pipeline:
 def create_pipeline(**kwargs) -> Pipeline:
     """Prepare -> predict -> score -> summarise / plot -> headline on the test masks, and the
     same scoring, as its own rows, on the large-hole test masks (namespace ``large_holes``)."""
-    large_holes = pipeline(
+    large_holes = Pipeline(
         _scoring("test_split_large", "test_masks_large", "test_mask_index_large"),
         namespace=LARGE_HOLES,
         inputs={"test_split_large", "test_masks_large", "test_mask_index_large", "model", "images"},
@@ -79,17 +79,17 @@ def create_pipeline(**kwargs) -> Pipeline:
     return (
         large_holes
         + _scoring("test_split", "test_masks", "test_mask_index")
-        + pipeline(
+        + Pipeline(
             [
-                node(
-                    plot_evaluation,
+                Node(
+                    func=plot_evaluation,
                     inputs="evaluation_per_image",
                     outputs="metrics_vs_hole_ratio",
                     name="plot_evaluation",
-                    tags=TAGS,
+                    tags=[TAG],
                 ),
-                node(
-                    plot_evaluation_examples,
+                Node(
+                    func=plot_evaluation_examples,
                     inputs=[
                         "images",
                         "evaluation_set",
@@ -100,14 +100,14 @@ def create_pipeline(**kwargs) -> Pipeline:
                     ],
                     outputs="evaluation_examples",
                     name="plot_evaluation_examples",
-                    tags=TAGS,
+                    tags=[TAG],
                 ),
-                node(
-                    report_headline,
+                Node(
+                    func=report_headline,
                     inputs="evaluation_summary",
                     outputs=None,
                     name="report_headline",
-                    tags=TAGS,
+                    tags=[TAG],
                 ),
             ]
         )

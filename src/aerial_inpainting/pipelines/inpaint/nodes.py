@@ -10,7 +10,7 @@ pixel filled); its notes (thresholded mask, hole ratio suggesting an inverted ma
 transparent no-data) go to the log and the report's ``message`` column.
 
 GeoTIFFs (TIFFs with georeferencing or a nodata value) among the images are handled by
-:func:`inpaint_geotiffs` instead, window by window through
+:func:`inpaint_user_geotiffs` instead, window by window through
 :func:`aerial_inpainting.geotiff.inpaint_raster` (CRS, transform, nodata, bands kept; nodata
 pixels are holes, so they need no mask; a mask of the same stem adds its holes).
 """
@@ -95,17 +95,43 @@ def _load_picture(loader: Callable[[], Any] | Any, what: str) -> Any:
         raise
 
 
-def _row(image_id: str, image_file: str | None, mask_file: str | None, **fields: Any) -> dict:
+def _row(
+    image_id: str,
+    image_file: str | None,
+    mask_file: str | None,
+    *,
+    status: str,
+    message: str = "",
+    width: int | None = None,
+    height: int | None = None,
+    hole_ratio: float | None = None,
+) -> dict:
+    """One line of the report (``REPORT_COLUMNS``); the size and hole ratio of a done file."""
     return {
         "image_id": image_id,
         "image_file": image_file,
         "mask_file": mask_file,
-        "width": fields.get("width"),
-        "height": fields.get("height"),
-        "hole_ratio": fields.get("hole_ratio"),
-        "status": fields.get("status", "ok"),
-        "message": fields.get("message", ""),
+        "width": width,
+        "height": height,
+        "hole_ratio": hole_ratio,
+        "status": status,
+        "message": message,
     }
+
+
+def _report(rows: list[dict], fail_on_error: bool, what: str) -> pd.DataFrame:
+    """The report of ``rows``; its skipped files listed in a warning, or in the ValueError
+    raised when ``fail_on_error``."""
+    report = pd.DataFrame(rows, columns=REPORT_COLUMNS)
+    skipped = report[report["status"] == "skipped"]
+    if len(skipped):
+        listing = "\n".join(
+            f"  - {r.image_file or r.mask_file}: {r.message}" for r in skipped.itertuples()
+        )
+        if fail_on_error:
+            raise ValueError(f"inpaint: {len(skipped)} {what} could not be processed:\n{listing}")
+        logger.warning("inpaint: skipped %d %s:\n%s", len(skipped), what, listing)
+    return report
 
 
 def preview_strip(
@@ -121,7 +147,7 @@ def preview_strip(
     return strip
 
 
-def inpaint_images(
+def inpaint_user_images(
     model: torch.nn.Module,
     images: Mapping[str, Any],
     masks: Mapping[str, Any],
@@ -130,7 +156,9 @@ def inpaint_images(
 ) -> tuple[dict[str, Image.Image], dict[str, Image.Image], pd.DataFrame]:
     """Fill every image that has a mask; returns results, previews and a per-image report.
 
-    ``geotiff_ids``: image partitions :func:`inpaint_geotiffs` handles (left out here).
+    ``geotiff_ids``: image partitions :func:`inpaint_user_geotiffs` handles (left out here).
+    Raises ValueError listing the files that could not be processed when
+    ``inpaint.fail_on_error`` is true (else they are skipped with a warning).
     """
     params = InpaintParams.parse(params)
     image_ids = _image_partitions(images)
@@ -154,49 +182,20 @@ def inpaint_images(
     handled_elsewhere = set(geotiff_ids or ())
     todo = [key for key in sorted(image_ids) if image_ids[key] not in handled_elsewhere]
     for key in tqdm(todo, desc="inpaint", disable=disable):
-        image_file, mask_file = image_ids[key], mask_ids.get(key)
-        if mask_file is None:
+        image_file = image_ids[key]
+        if key not in mask_ids:
             rows.append(
                 _row(key, image_file, None, status="skipped", message=f"no mask named {key}.png")
             )
             continue
+        mask_file = mask_ids[key]
         try:
-            with pillow_pixel_limit(params.max_image_pixels):
-                picture = _load_picture(images[image_file], f"image {image_file}")
-                mask_picture = _load_picture(masks[mask_file], f"mask {mask_file}")
-            inputs = prepare_inputs(
-                picture,
-                mask_picture,
-                threshold=params.threshold,
-                invert_mask=params.invert_mask,
-                name=f"image {image_file}",
-                mask_name=f"mask {mask_file}",
-                invert_hint="inpaint.invert_mask: true",
+            inputs, result, notes = _inpaint_pair(
+                model, images[image_file], masks[mask_file], image_file, mask_file, params, device
             )
-            notes = list(inputs.notes)
-            for note in notes:
-                logger.warning("inpaint: %s", note)
-            if inputs.valid.all():
-                filled = inputs.rgb
-            else:
-                check_fillable(inputs, f"mask {mask_file}")
-                filled = fill_holes(
-                    model,
-                    inputs.rgb,
-                    inputs.valid,
-                    device=device,
-                    tile_size=params.tile_size,
-                    overlap=params.overlap,
-                    max_size=params.max_size,
-                    name=str(image_file),
-                )
-            result = compose_output(inputs, filled)
         except (InpaintingInputError, OSError, ValueError) as exc:
             rows.append(_row(key, image_file, mask_file, status="skipped", message=str(exc)))
             continue
-        hole_ratio = inputs.hole_ratio
-        if hole_ratio == 0.0:
-            notes.append("mask has no hole: image copied unchanged")
         results[key] = Image.fromarray(result)
         previews[key] = preview_strip(
             inputs.rgb, inputs.valid, result[:, :, :3], params.preview_max_height
@@ -208,26 +207,67 @@ def inpaint_images(
                 mask_file,
                 width=inputs.rgb.shape[1],
                 height=inputs.rgb.shape[0],
-                hole_ratio=round(hole_ratio, 6),
-                status="inpainted" if hole_ratio > 0 else "unchanged",
+                hole_ratio=round(inputs.hole_ratio, 6),
+                status="inpainted" if inputs.hole_ratio > 0 else "unchanged",
                 message="; ".join(notes),
             )
         )
-
-    report = pd.DataFrame(rows, columns=REPORT_COLUMNS)
-    skipped = report[report["status"] == "skipped"]
-    if len(skipped):
-        listing = "\n".join(
-            f"  - {r.image_file or r.mask_file}: {r.message}" for r in skipped.itertuples()
-        )
-        if params.fail_on_error:
-            raise ValueError(f"inpaint: {len(skipped)} file(s) could not be processed:\n{listing}")
-        logger.warning("inpaint: skipped %d file(s):\n%s", len(skipped), listing)
-    logger.info("inpaint: %d image(s) written, %d skipped", len(results), len(skipped))
+    report = _report(rows, params.fail_on_error, "file(s)")
+    skipped = int((report["status"] == "skipped").sum())
+    logger.info("inpaint: %d image(s) written, %d skipped", len(results), skipped)
     return results, previews, report
 
 
-def inpaint_geotiffs(
+def _inpaint_pair(
+    model: torch.nn.Module,
+    image_loader: Callable[[], Any] | Any,
+    mask_loader: Callable[[], Any] | Any,
+    image_file: str,
+    mask_file: str,
+    params: InpaintParams,
+    device: torch.device,
+) -> tuple[Any, np.ndarray, list[str]]:
+    """(prepared inputs, the composed result, notes) of one image and its mask.
+
+    Raises InpaintingInputError (bad or too large input, nothing fillable), OSError or
+    ValueError (unreadable file).
+    """
+    with pillow_pixel_limit(params.max_image_pixels):
+        picture = _load_picture(image_loader, f"image {image_file}")
+        mask_picture = _load_picture(mask_loader, f"mask {mask_file}")
+    inputs = prepare_inputs(
+        picture,
+        mask_picture,
+        threshold=params.threshold,
+        invert_mask=params.invert_mask,
+        name=f"image {image_file}",
+        mask_name=f"mask {mask_file}",
+        invert_hint="inpaint.invert_mask: true",
+    )
+    notes = list(inputs.notes)
+    for note in notes:
+        logger.warning("inpaint: %s", note)
+    if inputs.valid.all():
+        filled = inputs.rgb
+    else:
+        check_fillable(inputs, f"mask {mask_file}")
+        filled = fill_holes(
+            model,
+            inputs.rgb,
+            inputs.valid,
+            device=device,
+            tile_size=params.tile_size,
+            overlap=params.overlap,
+            max_size=params.max_size,
+            name=str(image_file),
+        )
+    result = compose_output(inputs, filled)
+    if inputs.hole_ratio == 0.0:
+        notes.append("mask has no hole: image copied unchanged")
+    return inputs, result, notes
+
+
+def inpaint_user_geotiffs(
     model: torch.nn.Module,
     rasters: Mapping[str, Any],
     mask_files: Mapping[str, Any],
@@ -239,7 +279,8 @@ def inpaint_geotiffs(
     (:class:`aerial_inpainting.datasets.RasterFileDataset`). Returns the finished files
     (partition id -> temporary path, moved into place by the output dataset), a report
     (columns as the images' report) and the partition ids handled here (which
-    :func:`inpaint_images` then leaves out). Plain TIFFs are left to :func:`inpaint_images`.
+    :func:`inpaint_user_images` then leaves out). Plain TIFFs are left to
+    :func:`inpaint_user_images`.
     """
     from aerial_inpainting.geotiff import (
         TIFF_SUFFIXES,
@@ -303,13 +344,4 @@ def inpaint_geotiffs(
                 message="; ".join(outcome.notes),
             )
         )
-    report = pd.DataFrame(rows, columns=REPORT_COLUMNS)
-    skipped = report[report["status"] == "skipped"]
-    if len(skipped):
-        listing = "\n".join(f"  - {r.image_file}: {r.message}" for r in skipped.itertuples())
-        if params.fail_on_error:
-            raise ValueError(
-                f"inpaint: {len(skipped)} GeoTIFF(s) could not be processed:\n{listing}"
-            )
-        logger.warning("inpaint: skipped %d GeoTIFF(s):\n%s", len(skipped), listing)
-    return results, report, handled
+    return results, _report(rows, params.fail_on_error, "GeoTIFF(s)"), handled

@@ -2,7 +2,9 @@
 
 from kedro.pipeline import Node, Pipeline
 
-from .nodes import inpaint_geotiffs, inpaint_images
+from .nodes import inpaint_user_geotiffs, inpaint_user_images
+
+TAG = "inpaint"
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -14,14 +16,14 @@ def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline(
         [
             Node(
-                func=inpaint_geotiffs,
+                func=inpaint_user_geotiffs,
                 inputs=["model", "inpaint_raster_files", "inpaint_mask_files", "params:inpaint"],
                 outputs=["inpainted_geotiffs", "inpaint_geotiff_report", "inpaint_geotiff_ids"],
                 name="inpaint_user_geotiffs",
-                tags=["inpaint"],
+                tags=[TAG],
             ),
             Node(
-                func=inpaint_images,
+                func=inpaint_user_images,
                 inputs=[
                     "model",
                     "inpaint_images",
@@ -31,7 +33,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 ],
                 outputs=["inpainted_images", "inpaint_previews", "inpaint_report"],
                 name="inpaint_user_images",
-                tags=["inpaint"],
+                tags=[TAG],
             ),
         ]
     )

@@ -133,6 +133,26 @@ def resolve_model_file(path: str | Path) -> Path:
     return resolved
 
 
+def training_config(params: Mapping[str, Any]) -> tuple[dict[str, Any], TrainConfig]:
+    """``params:training`` with its paths made absolute, and the :class:`TrainConfig` of it.
+
+    Relative ``checkpoint_dir``/``grid_dir`` resolve against the Kedro project root, not the
+    working directory; ``init_weights`` becomes the model file it names
+    (:func:`resolve_model_file`). Shared by the node and the torchrun entry point. Every key
+    of ``conf/base/parameters_training.yml`` must be there (no value comes from code); raises
+    ValueError naming a wrong, unknown or missing key and the file
+    (:meth:`TrainConfig.from_params`).
+    """
+    paths = {
+        k: resolve_in_project(params[k]) for k in ("checkpoint_dir", "grid_dir") if k in params
+    }
+    resolved = {**params, **paths}
+    cfg = TrainConfig.from_params(resolved, complete=True)
+    if cfg.init_weights:
+        resolved["init_weights"] = cfg.init_weights = str(resolve_model_file(cfg.init_weights))
+    return resolved, cfg
+
+
 def train_model(
     images: np.ndarray,
     train_split: pd.DataFrame,
@@ -149,13 +169,7 @@ def train_model(
     loss-curve figure. Relative ``checkpoint_dir``/``grid_dir`` resolve against the Kedro
     project root, not the working directory (``kedro run`` from a subdirectory).
     """
-    params = {
-        **params,
-        **{k: resolve_in_project(params[k]) for k in ("checkpoint_dir", "grid_dir") if k in params},
-    }
-    if params.get("init_weights"):
-        params["init_weights"] = str(resolve_model_file(params["init_weights"]))
-    cfg = TrainConfig.from_params(params)
+    params, cfg = training_config(params)
     data = build_training_data(
         images, train_split, val_split, train_masks, val_masks, val_mask_index, cfg=cfg,
         mask_shapes=mask_shapes,

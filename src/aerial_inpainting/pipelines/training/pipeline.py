@@ -4,6 +4,8 @@ from kedro.pipeline import Node, Pipeline
 
 from .nodes import train_model
 
+TAG = "training"
+
 
 def create_pipeline(**kwargs) -> Pipeline:
     """images + splits + masks -> trained model, its history table and loss-curve figure."""
@@ -23,7 +25,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 ],
                 outputs=["model", "training_history", "loss_curve"],
                 name="train_model",
-                tags=["training"],
+                tags=[TAG],
             )
         ]
     )
