@@ -16,7 +16,7 @@ on every node), joins the process group, and runs the shared loop. Kedro hooks d
 the processes (one MLflow run per process is not wanted): rank 0 alone opens one MLflow run
 (tracking URI and experiment from ``mlflow.yml``, through kedro-mlflow's own configuration
 class), shows the progress bar, writes checkpoints, and saves the node's outputs (``model``,
-``training_history``, ``loss_curve``) to the catalog, so ``kedro run --pipeline evaluate``
+``training_history``, ``loss_curve``, ...) to the catalog, so ``kedro run --pipeline evaluate``
 can follow.
 """
 
@@ -25,7 +25,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -143,14 +145,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         data = build_training_data(**inputs, cfg=cfg, mask_shapes=shapes)
         if ctx.is_main and not args.no_mlflow:
             run = start_mlflow_run(context, cfg)
-        callbacks = training_callbacks(cfg.grid_dir, mlflow=run is not None)
+        grid_dir = tempfile.mkdtemp(prefix="pconv-grids-") if ctx.is_main else None
+        callbacks = training_callbacks(grid_dir, mlflow=run is not None)
         result = train(cfg, data, callbacks, dist_ctx=ctx)
-        if ctx.is_main:
-            import mlflow
-
-            outputs = training_outputs(result, cfg, mlflow if run is not None else None)
+        if ctx.is_main:  # the catalog saves them and logs them into rank 0's MLflow run
+            outputs = training_outputs(result, cfg, grid_dir)
             for name, value in zip(node.outputs, outputs, strict=True):
                 catalog.save(name, value)
+            shutil.rmtree(grid_dir, ignore_errors=True)
         status = "FINISHED"
     finally:
         if run is not None:
