@@ -164,9 +164,11 @@ def training_dataset(
         digest.update(np.ascontiguousarray(images[sample]).tobytes())
     with warnings.catch_warnings():  # a hint for model signatures, not for a dataset record
         warnings.filterwarnings("ignore", message=".*[Ii]nferred schema contains integer")
-        return mlflow.data.from_pandas(
+        dataset = mlflow.data.from_pandas(
             train_split, source=source, name=name, digest=digest.hexdigest()[:8]
         )
+        _ = dataset.schema  # inferred now (lazily otherwise, by log_input, unfiltered)
+    return dataset
 
 
 def _data_source(index: pd.DataFrame) -> str:
