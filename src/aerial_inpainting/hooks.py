@@ -36,8 +36,10 @@ class MlflowRunHook:
     """What the MLflow run of a ``kedro run`` (opened by kedro-mlflow) says about itself.
 
     * the run's name says what ran (:func:`run_name`: pipelines, environment, data source,
-      network size, steps) instead of kedro-mlflow's default, the pipeline name; a name set
-      in ``mlflow.yml`` (``tracking.run.name``) is kept;
+      network size, steps) instead of kedro-mlflow's default, the pipeline name: it is given
+      to kedro-mlflow's configuration (``context.mlflow``) before the run starts, unless
+      ``mlflow.yml`` names the run (``tracking.run.name``); the data source is added once
+      ingestion has told it;
     * the experiment is tagged ``mlflow.experimentKind=custom_model_development``, so the
       MLflow UI opens it in the model-training view;
     * tags ``data_source`` (``real``/``synthetic``) and ``n_images`` after ingestion;
@@ -48,12 +50,21 @@ class MlflowRunHook:
     """
 
     def __init__(self) -> None:
-        self._name_parts: dict[str, Any] = {}
+        self._context = None
+        self._name_parts: dict[str, Any] | None = None
 
-    @hook_impl(trylast=True)  # after kedro-mlflow's hook has started the run
+    @hook_impl
+    def after_context_created(self, context) -> None:
+        self._context = context  # kedro-mlflow stores its configuration on it: context.mlflow
+
+    @hook_impl(tryfirst=True)  # before kedro-mlflow's hook starts the run
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
-        run = _active_run()
-        if run is None:
+        self._name_parts = None
+        config = getattr(self._context, "mlflow", None)
+        if config is None:  # kedro-mlflow not active
+            return
+        _safely("tag the experiment", _tag_experiment_kind, config.tracking.experiment.name)
+        if config.tracking.run.name is not None:  # named in mlflow.yml
             return
         names = run_params.get("pipeline_names") or run_params.get("pipeline_name")
         names = [names] if isinstance(names, str) else list(names or ["__default__"])
@@ -67,11 +78,8 @@ class MlflowRunHook:
             "env": run_params.get("env"),
             "training": (parameters.get("training") or {}) if trains else None,
             "data_source": data_source,
-            # kedro-mlflow names the run after the pipelines unless mlflow.yml names it
-            "default_name": run.info.run_name == "+".join(names),
         }
-        _safely("tag the experiment", _tag_experiment_kind, run.info.experiment_id)
-        self._rename(run)
+        config.tracking.run.name = run_name(**self._name_parts)
 
     @hook_impl
     def after_node_run(self, node: Node, outputs: dict[str, Any]) -> None:
@@ -83,9 +91,10 @@ class MlflowRunHook:
         if run is None:
             return
         tags = {"data_source": data_source, "n_images": str(len(index))}
+        if self._name_parts is not None:  # the run's name, now with its data source
+            self._name_parts["data_source"] = data_source
+            tags["mlflow.runName"] = run_name(**self._name_parts)
         _safely("record the data source", _set_tags, run.info.run_id, tags)
-        self._name_parts["data_source"] = data_source
-        self._rename(run)
 
     @hook_impl
     def before_node_run(self, node: Node, catalog, inputs: dict[str, Any]) -> None:
@@ -97,11 +106,6 @@ class MlflowRunHook:
         location = (raw._describe() or {}).get("path") if raw is not None else None
         dataset = training_dataset(inputs["train_split"], inputs.get("images"), location)
         _safely("log the training dataset", _log_input, dataset)
-
-    def _rename(self, run) -> None:
-        if self._name_parts.get("default_name"):
-            name = run_name(**{k: v for k, v in self._name_parts.items() if k != "default_name"})
-            _safely("name the run", _set_tags, run.info.run_id, {"mlflow.runName": name})
 
 
 def run_name(
@@ -186,12 +190,13 @@ def _active_run():
     return mlflow.active_run()
 
 
-def _tag_experiment_kind(experiment_id: str) -> None:
+def _tag_experiment_kind(name: str) -> None:
     import mlflow
 
-    client = mlflow.MlflowClient()
-    if client.get_experiment(experiment_id).tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
-        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    client = mlflow.MlflowClient()  # kedro-mlflow has set the tracking URI, made the experiment
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None and experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
 
 
 def _set_tags(run_id: str, tags: dict[str, str]) -> None:

@@ -134,6 +134,8 @@ def test_kedro_run_training_tracks_through_the_catalog_without_warnings(tiny_pro
         and not any(known in line for known in THIRD_PARTY_WARNINGS)
     ]
     assert warned == [], "\n".join(warned)
+    # kedro-mlflow starts the run under that name (not `__default__`, renamed later)
+    assert "Mlflow run 'training | real data | U-Net depth 2, 4-16 ch | 3 steps'" in log
 
     client = mlflow.MlflowClient(f"sqlite:///{tiny_project / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("aerial_inpainting")
