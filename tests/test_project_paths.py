@@ -67,7 +67,7 @@ def test_kedro_session_from_a_subdirectory_uses_the_root_store(
         session.load_context()
         assert project_paths.project_root() == project.resolve()
         assert mlflow.get_tracking_uri() == f"sqlite:///{project.resolve()}/mlflow.db"
-        # a parameter's relative path, as the training node resolves checkpoint_dir/grid_dir
+        # a parameter's relative path, as the training node resolves checkpoint_dir
         assert resolve_in_project("data/06_models/checkpoints") == str(
             project.resolve() / "data/06_models/checkpoints"
         )

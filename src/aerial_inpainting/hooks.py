@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import logging
+import warnings
+from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
 from kedro.framework.hooks import hook_impl
 from kedro.pipeline.node import Node
 
@@ -24,24 +28,197 @@ class ProjectRootHook:
         set_session_root(context.project_path)
 
 
-class DataSourceHook:
-    """Records with the MLflow run whether the images were real SkyView or synthetic."""
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # MLflow 3: which view the UI opens
+EXPERIMENT_KIND = "custom_model_development"  # the model-training view, not the GenAI one
+
+
+class MlflowRunHook:
+    """What the MLflow run of a ``kedro run`` (opened by kedro-mlflow) says about itself.
+
+    * the run's name says what ran (:func:`run_name`: pipelines, environment, data source,
+      network size, steps) instead of kedro-mlflow's default, the pipeline name: it is given
+      to kedro-mlflow's configuration (``context.mlflow``) before the run starts, unless
+      ``mlflow.yml`` names the run (``tracking.run.name``); the data source is added once
+      ingestion has told it;
+    * the experiment is tagged ``mlflow.experimentKind=custom_model_development``, so the
+      MLflow UI opens it in the model-training view;
+    * tags ``data_source`` (``real``/``synthetic``) and ``n_images`` after ingestion;
+    * before ``train_model``, the training split as an MLflow dataset input (context
+      ``training``; :func:`training_dataset`), so runs on different data are told apart.
+
+    Tracking never breaks the pipeline: MLflow errors are logged as warnings.
+    """
+
+    def __init__(self) -> None:
+        self._context = None
+        self._name_parts: dict[str, Any] | None = None
+
+    @hook_impl
+    def after_context_created(self, context) -> None:
+        self._context = context  # kedro-mlflow stores its configuration on it: context.mlflow
+
+    @hook_impl(tryfirst=True)  # before kedro-mlflow's hook starts the run
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
+        self._name_parts = None
+        config = getattr(self._context, "mlflow", None)
+        if config is None:  # kedro-mlflow not active
+            return
+        _safely("tag the experiment", _tag_experiment_kind, config.tracking.experiment.name)
+        if config.tracking.run.name is not None:  # named in mlflow.yml
+            return
+        names = run_params.get("pipeline_names") or run_params.get("pipeline_name")
+        names = [names] if isinstance(names, str) else list(names or ["__default__"])
+        parameters = catalog.load("parameters") if "parameters" in catalog else {}
+        trains = "model" in pipeline.all_outputs()
+        data_source = None
+        if "image_index" not in pipeline.all_outputs() and catalog.exists("image_index"):
+            data_source = _data_source(catalog.load("image_index"))
+        self._name_parts = {
+            "pipelines": names,
+            "env": run_params.get("env"),
+            "training": (parameters.get("training") or {}) if trains else None,
+            "data_source": data_source,
+        }
+        config.tracking.run.name = run_name(**self._name_parts)
 
     @hook_impl
     def after_node_run(self, node: Node, outputs: dict[str, Any]) -> None:
         if node.name != "ingest_images" or "image_index" not in outputs:
             return
         index = outputs["image_index"]
-        sources = sorted(set(index["data_source"])) if len(index) else ["none"]
-        data_source = "+".join(sources)
-        try:
-            import mlflow
+        data_source = _data_source(index)
+        run = _active_run()
+        if run is None:
+            return
+        tags = {"data_source": data_source, "n_images": str(len(index))}
+        if self._name_parts is not None:  # the run's name, now with its data source
+            self._name_parts["data_source"] = data_source
+            tags["mlflow.runName"] = run_name(**self._name_parts)
+        _safely("record the data source", _set_tags, run.info.run_id, tags)
 
-            if mlflow.active_run() is not None:
-                mlflow.set_tag("data_source", data_source)
-                mlflow.set_tag("n_images", str(len(index)))
-        except Exception as exc:  # tracking must never break the pipeline
-            logger.warning("Could not record data_source=%s in MLflow: %s", data_source, exc)
+    @hook_impl
+    def before_node_run(self, node: Node, catalog, inputs: dict[str, Any]) -> None:
+        if node.name != "train_model" or "train_split" not in inputs:
+            return
+        if _active_run() is None:
+            return
+        raw = catalog.get("raw_aerial_landscapes") if "raw_aerial_landscapes" in catalog else None
+        location = (raw._describe() or {}).get("path") if raw is not None else None
+        dataset = training_dataset(inputs["train_split"], inputs.get("images"), location)
+        _safely("log the training dataset", _log_input, dataset)
+
+
+def run_name(
+    pipelines: list[str],
+    env: str | None = None,
+    training: dict[str, Any] | None = None,
+    data_source: str | None = None,
+) -> str:
+    """``"training | env gpu | real data | U-Net depth 7, 64-512 ch | 243000 steps, 110 min"``:
+    the pipelines (``__default__`` is ``default``), the environment unless ``local``, the
+    data source when known, and for a run that trains (``training`` = ``params:training``)
+    the network and its step budget (and wall-time budget, ``max_minutes``)."""
+    parts = ["+".join("default" if p == "__default__" else p for p in pipelines)]
+    if env and env != "local":
+        parts.append(f"env {env}")
+    if data_source:
+        parts.append(f"{data_source} data")
+    if training:
+        model = training.get("model") or {}
+        parts.append(
+            f"U-Net depth {model.get('depth')}, "
+            f"{model.get('base_channels')}-{model.get('max_channels')} ch"
+        )
+        steps = f"{int(training['steps_stage1']) + int(training['steps_stage2'])} steps"
+        if training.get("max_minutes"):
+            steps += f", {training['max_minutes']:g} min"
+        parts.append(steps)
+    return " | ".join(parts)
+
+
+def training_dataset(
+    train_split: pd.DataFrame, images: np.ndarray | None, location: str | None
+) -> Any:
+    """The training split as an MLflow dataset: one row per training image (its profile's
+    ``num_rows`` is the number of images), named after its source, with the source (the raw
+    folder for real photographs; the generator for the synthetic stand-in) and a digest of
+    the split table and of the pixels of up to 64 of its images (evenly spaced rows)."""
+    import hashlib
+    import json
+
+    import mlflow
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.data.dataset_source_registry import get_dataset_source_from_json
+
+    from aerial_inpainting.project_paths import resolve_in_project
+
+    data_source = _data_source(train_split)
+    folder = str(resolve_in_project(location)) if location else None
+    if data_source == "real" and folder:
+        source = get_dataset_source_from_json(json.dumps({"uri": folder}), source_type="local")
+        name = f"{Path(folder).name} (train split)"
+    else:
+        tags = {"data_source": data_source, "generator": "aerial_inpainting.imaging.synthetic"}
+        source = CodeDatasetSource({**tags, **({"raw_folder": folder} if folder else {})})
+        name = f"{data_source} (train split)"
+    digest = hashlib.sha256(pd.util.hash_pandas_object(train_split, index=False).values.tobytes())
+    if images is not None and "row" in train_split and len(train_split):
+        rows = np.sort(train_split["row"].to_numpy(dtype=np.int64))
+        sample = rows[np.linspace(0, len(rows) - 1, num=min(64, len(rows))).astype(np.int64)]
+        digest.update(np.ascontiguousarray(images[sample]).tobytes())
+    with warnings.catch_warnings():  # a hint for model signatures, not for a dataset record
+        warnings.filterwarnings("ignore", message=".*[Ii]nferred schema contains integer")
+        dataset = mlflow.data.from_pandas(
+            train_split, source=source, name=name, digest=digest.hexdigest()[:8]
+        )
+        _ = dataset.schema  # inferred now (lazily otherwise, by log_input, unfiltered)
+    return dataset
+
+
+def _data_source(index: pd.DataFrame) -> str:
+    """``real``, ``synthetic`` (or ``real+synthetic``) from an index's ``data_source`` column."""
+    if not len(index) or "data_source" not in index:
+        return "none"
+    return "+".join(sorted(set(index["data_source"].astype(str))))
+
+
+def _active_run():
+    try:
+        import mlflow
+    except ImportError:  # pragma: no cover - mlflow is a dependency
+        return None
+    return mlflow.active_run()
+
+
+def _tag_experiment_kind(name: str) -> None:
+    import mlflow
+
+    client = mlflow.MlflowClient()  # kedro-mlflow has set the tracking URI, made the experiment
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None and experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+
+
+def _set_tags(run_id: str, tags: dict[str, str]) -> None:
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
+
+
+def _log_input(dataset: Any) -> None:
+    import mlflow
+
+    mlflow.log_input(dataset, context="training")
+
+
+def _safely(what: str, fn, *args) -> None:
+    """Tracking must never break the pipeline."""
+    try:
+        fn(*args)
+    except Exception as exc:
+        logger.warning("MLflow: could not %s (%s)", what, exc)
 
 
 class PretrainedModelHook:

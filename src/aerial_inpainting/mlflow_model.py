@@ -18,10 +18,18 @@ Optional inference parameters (``params=`` / the ``"params"`` key of a REST requ
 ``invert_mask`` (bool, False), ``threshold`` (int 1-255, 128: grey masks are binarized there,
 with a warning), ``tile_size`` (int, 0 = automatic), ``overlap`` (int, 64).
 
-The schema logged with the model declares both columns as strings, so through
+The model is logged the MLflow 3 way (models from code): the logged code file is
+:mod:`aerial_inpainting.mlflow_model_code`, which builds :class:`PConvInpaintingModel` and
+hands it to ``mlflow.models.set_model``; nothing is pickled. The package's code travels with
+the model (``code_paths``), with a signature and an input example (a 32 px image and mask).
+The signature declares both columns as strings, so through
 ``mlflow.pyfunc.load_model(...).predict`` and the REST server images travel as base64.
 The Python object itself (``loaded.unwrap_python_model().predict(None, df)``) also accepts
 raw bytes and numpy arrays (uint8 (H, W, 3) images, (H, W) masks with 1/255 = valid).
+
+This module is also a model "flavor" for kedro-mlflow's ``MlflowModelTrackingDataset``
+(``flavor: aerial_inpainting.mlflow_model``): :func:`log_model` and :func:`load_model`, so
+the catalog entry ``mlflow_model`` logs the trained model when the training node returns it.
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ import pandas as pd
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_ARTIFACT = "checkpoint"
+MODEL_CODE_FILE = Path(__file__).with_name("mlflow_model_code.py")  # models from code
 DEFAULT_PARAMS: dict[str, Any] = {
     "invert_mask": False,
     "threshold": 128,
@@ -85,21 +94,29 @@ def decode_image_bytes(value: Any, what: str) -> Any:
 
 
 class PConvInpaintingModel(mlflow.pyfunc.PythonModel):
-    """pyfunc wrapper: loads the checkpoint artifact, inpaints each (image, mask) row."""
+    """pyfunc wrapper: loads the checkpoint artifact, inpaints each (image, mask) row.
+
+    ``device`` (``auto``: CUDA, then MPS, then CPU) comes from the logged model's
+    ``model_config`` when MLflow loads it, else from the constructor.
+    """
 
     def __init__(self, device: str = "auto") -> None:
         self.device = device
         self.model = None
 
-    def load_context(self, context) -> None:
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         from aerial_inpainting.pconv.checkpoint import load_model
         from aerial_inpainting.pconv.devices import resolve_device
 
+        self.device = str((context.model_config or {}).get("device", self.device))
         device = resolve_device(self.device)
         self.model = load_model(context.artifacts[CHECKPOINT_ARTIFACT], map_location=device)
 
     def predict(
-        self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+        self,
+        context: mlflow.pyfunc.PythonModelContext | None,
+        model_input: pd.DataFrame,
+        params: dict[str, Any] | None = None,
     ) -> pd.DataFrame:
         """Inpaint every row of ``model_input`` (columns ``image``, ``mask``)."""
         from aerial_inpainting.inference import inpaint_image
@@ -168,6 +185,16 @@ def _pip_requirements() -> list[str]:
     ]
 
 
+def input_example() -> pd.DataFrame:
+    """One 32x32 row (a smooth gradient image, a square hole in its mask), base64 PNGs: what
+    MLflow stores next to the signature and replays to check that the logged model serves."""
+    ramp = np.linspace(0, 255, 32, dtype=np.float64)
+    image = np.stack(np.broadcast_arrays(ramp[None, :], ramp[:, None], 128.0), axis=-1)
+    mask = np.full((32, 32), 255, dtype=np.uint8)
+    mask[8:20, 10:24] = 0
+    return pd.DataFrame({"image": [encode_png(image.astype(np.uint8))], "mask": [encode_png(mask)]})
+
+
 def log_pyfunc_model(
     checkpoint: str | Path | Any,
     name: str = "model",
@@ -178,9 +205,11 @@ def log_pyfunc_model(
 
     ``checkpoint`` is a model file written by ``pconv.checkpoint.save_model``, a
     :class:`PConvUNet` (saved to a temporary file first), or ``"pretrained"``: the model
-    shipped with the package (its file, checksum verified; ``MODEL_CARD.md``). The package's own code is bundled
+    shipped with the package (its file, checksum verified; ``MODEL_CARD.md``). Logged from
+    code (:mod:`aerial_inpainting.mlflow_model_code`), with the package's own code bundled
     (``code_paths``), so the model loads where ``aerial_inpainting`` is not installed.
-    Load it back with ``mlflow.pyfunc.load_model(info.model_uri)``.
+    Load it back with ``mlflow.pyfunc.load_model(info.model_uri)``. Raises
+    FileNotFoundError for a missing model file.
     """
     import aerial_inpainting
     from aerial_inpainting.pretrained_model import is_pretrained, pretrained_model_file
@@ -210,10 +239,26 @@ def log_pyfunc_model(
         )
         return mlflow.pyfunc.log_model(
             name=name,
-            python_model=PConvInpaintingModel(device=device),
+            python_model=str(MODEL_CODE_FILE),
             artifacts={CHECKPOINT_ARTIFACT: str(path)},
+            model_config={"device": device},
             code_paths=[str(package_dir)],
             signature=model_signature(),
+            input_example=input_example(),
             pip_requirements=_pip_requirements(),
             registered_model_name=registered_model_name,
         )
+
+
+# ------------------------------------------------------------------ kedro-mlflow flavor
+def log_model(model: Any, name: str = "model", **kwargs: Any):
+    """``MlflowModelTrackingDataset`` (``flavor: aerial_inpainting.mlflow_model``) saves
+    with this: :func:`log_pyfunc_model` of the node's :class:`PConvUNet` into the active run;
+    ``kwargs`` are the catalog entry's other ``save_args`` (``device``,
+    ``registered_model_name``)."""
+    return log_pyfunc_model(model, name=name, **kwargs)
+
+
+def load_model(model_uri: str, **kwargs: Any):
+    """``MlflowModelTrackingDataset`` loads with this: the pyfunc model at ``model_uri``."""
+    return mlflow.pyfunc.load_model(model_uri, **kwargs)

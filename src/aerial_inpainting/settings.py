@@ -1,10 +1,10 @@
 """Project settings: the config loader, and the project's hooks."""
 
-from aerial_inpainting.hooks import DataSourceHook, PretrainedModelHook, ProjectRootHook
+from aerial_inpainting.hooks import MlflowRunHook, PretrainedModelHook, ProjectRootHook
 from aerial_inpainting.project_paths import ProjectConfigLoader
 
 # kedro-mlflow registers its own hook through its plugin entry point.
-HOOKS = (ProjectRootHook(), DataSourceHook(), PretrainedModelHook())
+HOOKS = (ProjectRootHook(), MlflowRunHook(), PretrainedModelHook())
 
 # OmegaConfigLoader, with mlflow.yml's relative sqlite:/// URIs under the project root.
 CONFIG_LOADER_CLASS = ProjectConfigLoader

@@ -19,9 +19,9 @@ node). It then runs the worker body that the Kedro node's own multi-process laun
 the data, train, rank 0's outputs). No pipeline is run, so no per-process MLflow run is
 opened: kedro-mlflow's hooks are registered on rank 0 alone, which configures tracking from
 ``mlflow.yml`` (URI, experiment) as ``kedro run`` does and opens one MLflow run; rank 0 also
-shows the progress bar, writes checkpoints, and saves the node's outputs (``model``,
-``training_history``, ``loss_curve``) to the catalog, so ``kedro run --pipeline evaluate``
-can follow.
+shows the progress bar, writes checkpoints, and saves the node's outputs (``model``, its
+metadata, ``training_history``, ``loss_curve``, the grids, the MLflow model) to the catalog,
+so ``kedro run --pipeline evaluate`` can follow.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import argparse
 import logging
 import os
 import sys
+import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import partial
@@ -119,13 +120,20 @@ def mlflow_run(context, cfg: TrainConfig, enabled: bool) -> Iterator[bool]:
         mlflow.end_run(status=status)
 
 
-def training_job(context, params: Mapping[str, Any], cfg: TrainConfig, log_to_mlflow: bool):
+def training_job(
+    context, params: Mapping[str, Any], cfg: TrainConfig, log_to_mlflow: bool, grid_dir: str
+):
     """The :class:`WorkerJob` of one process: the training node's inputs from the catalog,
-    rank 0's outputs saved to it (the node of the registered ``training`` pipeline)."""
+    rank 0's outputs saved to it (the node of the registered ``training`` pipeline; the
+    validation grids are written under ``grid_dir`` and saved with the other outputs)."""
     from kedro.framework.project import pipelines
 
     (node,) = pipelines["training"].filter(node_names=[TRAINING_NODE]).nodes
     catalog = context.catalog
+    if not log_to_mlflow:  # the outputs' kedro-mlflow datasets then only save their files
+        from kedro_mlflow.io.catalog.switch_catalog_logging import switch_catalog_logging
+
+        switch_catalog_logging(catalog, False)
 
     def data():
         inputs = {
@@ -135,13 +143,11 @@ def training_job(context, params: Mapping[str, Any], cfg: TrainConfig, log_to_ml
         return build_training_data(**inputs, cfg=cfg, mask_shapes=shapes)
 
     def outputs(result):
-        import mlflow
-
-        values = training_outputs(result, cfg, mlflow if log_to_mlflow else None)
+        values = training_outputs(result, cfg, grid_dir)
         for name, value in zip(node.outputs, values, strict=True):
             catalog.save(name, value)
 
-    callbacks = partial(training_callbacks, cfg.grid_dir, log_to_mlflow)
+    callbacks = partial(training_callbacks, grid_dir, log_to_mlflow)
     return train_distributed.WorkerJob(dict(params), data, outputs, callbacks)
 
 
@@ -174,8 +180,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             cfg.devices,
             world_size,
         )
-    with mlflow_run(context, cfg, enabled=use_mlflow) as logging_to_mlflow:
-        job = training_job(context, params, cfg, logging_to_mlflow)
+    with (
+        mlflow_run(context, cfg, enabled=use_mlflow) as logging_to_mlflow,
+        tempfile.TemporaryDirectory(prefix="pconv-grids-") as grid_dir,
+    ):
+        job = training_job(context, params, cfg, logging_to_mlflow, grid_dir)
         train_distributed.run_worker(job)
     return 0
 

@@ -3,22 +3,25 @@
 Callbacks of :func:`aerial_inpainting.pconv.train.train` (called by the master process only):
 
 * :class:`GridWriter`: each validation's image grid (masked input | mask | output | composite |
-  ground truth) as a PNG file under ``training.grid_dir``;
-* :class:`MlflowCallback`: losses, validation metrics, the grids and the run's info, logged to
-  an MLflow run.
+  ground truth) as a PNG file in a staging folder; the training node returns them
+  (:func:`read_grids`) as the catalog's ``training_grids``, which logs them to MLflow;
+* :class:`MlflowCallback`: live losses, validation metrics and the run's info (device,
+  precision, VGG weights), logged to an MLflow run while the loop runs.
 
 :func:`training_callbacks` builds both as the Kedro node, the multi-process workers and the
-torchrun entry point use them. Also here: the loss-curve figure and the JSON description
-logged next to the model.
+torchrun entry point use them; :func:`callbacks_for_active_run` pins them to the MLflow run
+open in this process (kedro-mlflow's), for worker processes too. Also here: the loss-curve
+figure and the metadata saved next to the model. Everything else reaches MLflow through the
+catalog (kedro-mlflow datasets in ``conf/base/catalog.yml``).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
 from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -60,14 +63,10 @@ def make_grid(
 
 
 class GridWriter(TrainingCallback):
-    """Writes each validation's grid to ``<directory>/val_grid_step<NNNNNNNNN>.png`` and hands
-    the path to ``on_saved`` (e.g. :meth:`MlflowCallback.log_grid`)."""
+    """Writes each validation's grid to ``<directory>/val_grid_step<NNNNNNNNN>.png``."""
 
-    def __init__(
-        self, directory: str | Path, on_saved: Callable[[Path], None] | None = None
-    ) -> None:
+    def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
-        self.on_saved = on_saved
 
     def on_validation(
         self, step: int, metrics: Mapping[str, float], samples: ValidationSamples
@@ -76,13 +75,29 @@ class GridWriter(TrainingCallback):
         path = self.directory / f"val_grid_step{step:09d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(grid).save(path)
-        if self.on_saved is not None:
-            self.on_saved(path)
+
+
+def read_grids(directory: str | Path) -> dict[str, Callable[[], Image.Image]]:
+    """The PNG grids of ``directory`` as a ``PartitionedDataset``'s lazy partitions:
+    ``{"val_grid_step000000500": loader}``; each loader returns the PIL image. The files'
+    bytes are read now (the folder may be a temporary one), decoded only when saved."""
+    return {
+        path.stem: partial(_png_from_bytes, path.read_bytes())
+        for path in sorted(Path(directory).glob("*.png"))
+    }
+
+
+def _png_from_bytes(data: bytes) -> Image.Image:
+    import io
+
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+        return image.copy()
 
 
 # ------------------------------------------------------------------ MLflow
 class MlflowCallback(TrainingCallback):
-    """Logs metrics (with ``step``), validation grids and run info to an MLflow run.
+    """Logs metrics (with ``step``) and run info to an MLflow run while training runs.
 
     The run is the active one (kedro-mlflow's) or, given ``run_id``, that run in
     ``tracking_uri``: how rank 0 of a multi-process job logs into the run of the ``kedro run``
@@ -90,18 +105,12 @@ class MlflowCallback(TrainingCallback):
     MLflow errors are logged as warnings.
     """
 
-    def __init__(
-        self,
-        artifact_path: str = "training",
-        run_id: str | None = None,
-        tracking_uri: str | None = None,
-    ) -> None:
+    def __init__(self, run_id: str | None = None, tracking_uri: str | None = None) -> None:
         import mlflow
 
         self._mlflow = mlflow
         self._client = mlflow.MlflowClient(tracking_uri)
         self._run_id = run_id
-        self.artifact_path = artifact_path
 
     def _call(self, what: str, fn, *args, **kwargs) -> None:
         if self._run_id is not None:
@@ -149,32 +158,44 @@ class MlflowCallback(TrainingCallback):
     ) -> None:
         self._call("log metrics", self._log_batch, metrics=_finite(metrics), step=step)
 
-    def log_grid(self, path: Path) -> None:
-        """A grid PNG as an artifact under ``<artifact_path>/grids``."""
-        where = f"{self.artifact_path}/grids"
-        self._call("log the grid", self._client.log_artifact, str(path), artifact_path=where)
-
 
 def _finite(metrics: Mapping[str, float]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
 
 
 def training_callbacks(
-    grid_dir: str | None,
+    grid_dir: str | Path | None,
     mlflow: bool,
     run_id: str | None = None,
     tracking_uri: str | None = None,
 ) -> list[TrainingCallback]:
     """The reporting of a training run: grids under ``grid_dir`` (None: no grids) and, with
-    ``mlflow``, an :class:`MlflowCallback` (active run, or ``run_id`` in ``tracking_uri``)
-    that also receives the grids. Picklable through ``functools.partial`` (worker processes)."""
-    tracker = MlflowCallback(run_id=run_id, tracking_uri=tracking_uri) if mlflow else None
+    ``mlflow``, an :class:`MlflowCallback` (active run, or ``run_id`` in ``tracking_uri``).
+    Picklable through ``functools.partial`` (worker processes)."""
     callbacks: list[TrainingCallback] = []
     if grid_dir:
-        callbacks.append(GridWriter(grid_dir, tracker.log_grid if tracker else None))
-    if tracker is not None:
-        callbacks.append(tracker)
+        callbacks.append(GridWriter(grid_dir))
+    if mlflow:
+        callbacks.append(MlflowCallback(run_id=run_id, tracking_uri=tracking_uri))
     return callbacks
+
+
+def callbacks_for_active_run(grid_dir: str | Path | None) -> Callable[[], list[TrainingCallback]]:
+    """A picklable factory of :func:`training_callbacks`, pinned to the MLflow run active in
+    this process (kedro-mlflow's), if any: rank 0 of a multi-process job then logs into the
+    run of the ``kedro run`` that launched it, without starting or ending it."""
+    import mlflow
+
+    run = mlflow.active_run()
+    if run is None:
+        return partial(training_callbacks, grid_dir, False)
+    return partial(
+        training_callbacks,
+        grid_dir,
+        True,
+        run_id=run.info.run_id,
+        tracking_uri=mlflow.get_tracking_uri(),
+    )
 
 
 # ------------------------------------------------------------------ figures & descriptions
@@ -209,10 +230,11 @@ def loss_curve_figure(history: pd.DataFrame, steps_stage1: int | None = None):
     return fig
 
 
-def config_json(model: PConvUNet, cfg: TrainConfig, info: Mapping[str, Any]) -> str:
-    """What is logged next to the model file so that it can be rebuilt and traced."""
-    return json.dumps(
-        {"model_config": model.config.to_dict(), "training": cfg.to_dict(), "info": dict(info)},
-        indent=2,
-        default=str,
-    )
+def model_metadata(model: PConvUNet, cfg: TrainConfig, info: Mapping[str, Any]) -> dict[str, Any]:
+    """What is saved (and logged to MLflow) next to the model, so it can be rebuilt and
+    traced: its network config, the training config and the run's info (fingerprint, final
+    step, device, VGG weights, ...), JSON-ready."""
+    import json
+
+    plain = {"model_config": model.config.to_dict(), "training": cfg.to_dict(), "info": dict(info)}
+    return json.loads(json.dumps(plain, default=str))

@@ -165,7 +165,7 @@ def test_history_validation_and_grids(make_params, tmp_path):
     params = make_params(log_every=2, val_every=3)
     _scramble_global_rng()
     result = T.train(
-        T.TrainConfig.from_params(params), _data(), callbacks=[GridWriter(params["grid_dir"])]
+        T.TrainConfig.from_params(params), _data(), callbacks=[GridWriter(tmp_path / "grids")]
     )
     hist = result.history
     assert hist.step.tolist() == [

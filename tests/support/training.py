@@ -70,7 +70,6 @@ def _tiny_params(tmp_path, **overrides: Any) -> dict[str, Any]:
         "checkpoint_every": 1,
         "keep_checkpoints": 2,
         "resume": True,
-        "grid_dir": str(tmp_path / "grids"),
         "progress_bar": False,
     }
     params.update(overrides)

@@ -66,8 +66,7 @@ class TrainConfig:
     """Every knob of a training run; built from ``params:training`` by :meth:`from_params`.
 
     The nested blocks are typed (a mapping given to the constructor is parsed); the other
-    fields are scalars as in the YAML. ``grid_dir`` is where the reporting callbacks
-    (:class:`aerial_inpainting.tracking.GridWriter`) write the validation grids.
+    fields are scalars as in the YAML.
     """
 
     model: UNetConfig = field(default_factory=UNetConfig)
@@ -101,7 +100,6 @@ class TrainConfig:
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
     resume: bool = True
-    grid_dir: str | None = "data/08_reporting/training_grids"
     progress_bar: bool | None = None
     devices: int = 1
     backend: str = "auto"

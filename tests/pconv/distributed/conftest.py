@@ -77,7 +77,6 @@ def tiny_params(tmp: Path, **overrides: Any) -> dict[str, Any]:
         "val_every": 2,  # rank 0 validates alone mid-run: must not stall the others
         "val_images": 2,
         "checkpoint_dir": None,
-        "grid_dir": str(tmp / "grids"),
         "progress_bar": False,
         "backend": "gloo",
     }

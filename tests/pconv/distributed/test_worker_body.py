@@ -7,6 +7,9 @@ with ``run_worker`` wrapped to record its calls; the 2-process runs of both path
 
 from __future__ import annotations
 
+import json
+
+import mlflow
 import pytest
 
 from aerial_inpainting.pconv import train_distributed
@@ -82,5 +85,11 @@ def test_torchrun_entry_point_runs_the_worker_body(tmp_path, monkeypatch, worker
     assert job.params["steps_stage1"] == 2 and job.params["model"]["depth"] == 2
     (version,) = list((project / "data/06_models/pconv_unet.safetensors").iterdir())
     saved = load_model(version / "pconv_unet.safetensors")
-    assert saved.config.depth == 2 and saved.extra["final_step"] == 3
+    metadata = json.loads(
+        (project / "data/06_models/pconv_unet_metadata.json" / version.name)
+        .joinpath("pconv_unet_metadata.json")
+        .read_text()
+    )
+    assert saved.config.depth == 2 and metadata["info"]["final_step"] == 3
+    assert mlflow.active_run() is None  # --no-mlflow: nothing was logged
     assert (project / "data/08_reporting/training_history.csv").is_file()

@@ -40,7 +40,7 @@ def test_training_starts_from_the_shipped_weights(tiny_inputs, make_params) -> N
         val_every=10,
         init_weights="pretrained",
     )
-    model, _history, _figure = train_model(**tiny_inputs, params=params)
+    model, *_ = train_model(**tiny_inputs, params=params)
     stored = load_file(str(SHIPPED))
     for name, value in model.named_parameters():
         torch.testing.assert_close(value, stored[name].float(), rtol=0, atol=1e-6)

@@ -1,10 +1,12 @@
-"""The train_model node with a tiny model: outputs, MLflow logging, and the model dataset."""
+"""The train_model node with a tiny model: outputs, live MLflow metrics, the pyfunc model
+dataset, and the model dataset."""
 
 from __future__ import annotations
 
 import base64
 import io
 import json
+import warnings
 
 import matplotlib.figure
 import mlflow
@@ -23,20 +25,33 @@ from aerial_inpainting.pipelines.training.nodes import pick_validation_set, trai
 
 
 def test_train_model_node_outputs(tiny_inputs, make_params, tmp_path):
-    model, history, figure = train_model(**tiny_inputs, params=make_params(log_every=2))
-    assert isinstance(model, PConvUNet) and not model.training
+    outputs = train_model(**tiny_inputs, params=make_params(log_every=2))
+    model, metadata, history, figure, grids, pyfunc_model = outputs
+    assert isinstance(model, PConvUNet) and not model.training and pyfunc_model is model
     assert next(model.parameters()).device.type == "cpu"
     assert model.encoder_batchnorm_frozen  # it went through stage 2
     assert isinstance(history, pd.DataFrame) and isinstance(figure, matplotlib.figure.Figure)
     assert history.dropna(subset=["loss_total"]).step.tolist() == [2, 4, 6, 7]
     assert history.val_psnr.notna().sum() == 3  # steps 3, 6, 7
     assert list((tmp_path / "checkpoints").iterdir())  # one fingerprint folder
+    # the metadata saved next to the model: JSON as it is, the run's config and info
+    assert json.loads(json.dumps(metadata)) == metadata
+    assert metadata["model_config"]["depth"] == 2 and metadata["model_config"]["max_channels"] == 16
+    assert metadata["training"]["steps_stage1"] == 4 and metadata["info"]["final_step"] == 7
+    assert metadata["info"]["fingerprint"] and metadata["info"]["device"] == "cpu"
+    # the grids: lazy PNG partitions, one per validation, 2 images x 5 tiles of 32 px
+    assert sorted(grids) == [f"val_grid_step{s:09d}" for s in (3, 6, 7)]
+    grid = grids["val_grid_step000000007"]()
+    assert isinstance(grid, Image.Image) and grid.size == (5 * 32 + 4 * 2, 2 * 32 + 2)
+    assert not hasattr(model, "extra")  # no metadata attached to the model object
     # the trained model runs on a full-size test image
     out = model(torch.rand(1, 3, 32, 32), torch.ones(1, 1, 32, 32))
     assert out.shape == (1, 3, 32, 32) and torch.isfinite(out).all()
 
 
-def test_train_model_logs_to_the_active_mlflow_run(tiny_inputs, make_params, tmp_path):
+def test_train_model_logs_live_metrics_and_nothing_else(tiny_inputs, make_params, tmp_path):
+    """The node logs per-step metrics and run info to the active run; files and the model
+    reach MLflow only through the catalog (tested in test_mlflow_tracking.py)."""
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = mlflow.create_experiment("t", artifact_location=(tmp_path / "art").as_uri())
     try:
@@ -59,25 +74,33 @@ def test_train_model_logs_to_the_active_mlflow_run(tiny_inputs, make_params, tmp
         steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
         assert sorted(steps) == list(range(1, 8)), key  # every step
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_psnr")] == [3, 6, 7]
-    grids = {f.path for f in client.list_artifacts(run.info.run_id, "training/grids")}
-    assert "training/grids/val_grid_step000000007.png" in grids and len(grids) == 3
-    model_files = {f.path for f in client.list_artifacts(run.info.run_id, "model_files")}
-    assert {"model_files/pconv_unet.safetensors", "model_files/config.json"} <= model_files
-    config = json.loads(
-        (tmp_path / "art")
-        .joinpath(run.info.run_id, "artifacts", "model_files", "config.json")
-        .read_text()
+    assert client.list_artifacts(run.info.run_id) == []
+    assert client.search_logged_models([experiment]) == []
+
+
+def test_the_catalog_logs_the_trained_model_as_a_pyfunc_that_inpaints(
+    tiny_inputs, make_params, tmp_path, capfd
+):
+    """``mlflow_model`` (kedro-mlflow's MlflowModelTrackingDataset, this project's flavor
+    module): logged from code with a signature and an input example, without a warning."""
+    from kedro_mlflow.io.models import MlflowModelTrackingDataset
+
+    model, *_ = train_model(**tiny_inputs, params=make_params())
+    dataset = MlflowModelTrackingDataset(
+        flavor="aerial_inpainting.mlflow_model", save_args={"name": "model"}
     )
-    assert config["model_config"]["depth"] == 2 and config["training"]["steps_stage1"] == 4
-
-
-def test_trained_model_is_logged_as_a_pyfunc_that_inpaints(tiny_inputs, make_params, tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
     try:
         experiment = mlflow.create_experiment("t", artifact_location=(tmp_path / "art").as_uri())
-        with mlflow.start_run(experiment_id=experiment) as run:
-            model, _, _ = train_model(**tiny_inputs, params=make_params())
+        capfd.readouterr()
+        with (
+            warnings.catch_warnings(record=True) as caught,
+            mlflow.start_run(experiment_id=experiment) as run,
+        ):
+            warnings.simplefilter("always")
+            dataset.save(model)
+        logged_err = capfd.readouterr().err
         loaded = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
         image = (np.random.default_rng(0).random((20, 28, 3)) * 255).astype(np.uint8)
         mask = np.full((20, 28), 255, np.uint8)
@@ -86,6 +109,13 @@ def test_trained_model_is_logged_as_a_pyfunc_that_inpaints(tiny_inputs, make_par
         text = loaded.predict(frame)["inpainted"][0]
     finally:
         mlflow.set_tracking_uri(None)
+    warned = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+    warned += [line for line in logged_err.splitlines() if "warn" in line.lower()]
+    assert warned == []  # e.g. CloudPickle, no input example, no type hints (MLflow 3)
+    flavor = loaded.metadata.flavors["python_function"]
+    assert flavor["loader_module"] == "mlflow.pyfunc.loaders.code_model"  # models from code
+    assert [c.name for c in loaded.metadata.get_input_schema().inputs] == ["image", "mask"]
+    assert loaded.metadata.saved_input_example_info["type"] == "dataframe"
     with Image.open(io.BytesIO(base64.b64decode(text))) as png:
         result = np.asarray(png)
     # the logged model is the trained one: same pixels as inpainting with it directly
@@ -94,7 +124,7 @@ def test_trained_model_is_logged_as_a_pyfunc_that_inpaints(tiny_inputs, make_par
 
 
 def test_torch_model_dataset_versions_round_trip(tiny_inputs, make_params, tmp_path):
-    model, _, _ = train_model(**tiny_inputs, params=make_params(steps_stage1=1, steps_stage2=0))
+    model, *_ = train_model(**tiny_inputs, params=make_params(steps_stage1=1, steps_stage2=0))
     path = tmp_path / "06_models" / "pconv_unet.safetensors"
     TorchModelDataset(str(path), version=Version(None, "v1")).save(model)
     assert (path / "v1" / "pconv_unet.safetensors").is_file()

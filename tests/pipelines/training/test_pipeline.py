@@ -110,9 +110,9 @@ def test_training_run_logs_to_mlflow_and_beats_mean_fill(project, monkeypatch):
     assert {m.step for m in client.get_metric_history(run.info.run_id, "loss_hole")} == {
         m.step for m in loss
     }
-    grids = [f.path for f in client.list_artifacts(run.info.run_id, "training/grids")]
+    grids = [f.path for f in client.list_artifacts(run.info.run_id, "training/training_grids")]
     assert len(grids) == 2 and all(g.endswith(".png") for g in grids)
-    assert {"model_files/pconv_unet.safetensors", "model_files/config.json"} <= {
+    assert {"model_files/pconv_unet.safetensors", "model_files/pconv_unet_metadata.json"} <= {
         f.path for f in client.list_artifacts(run.info.run_id, "model_files")
     }
 

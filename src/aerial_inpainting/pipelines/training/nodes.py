@@ -1,8 +1,10 @@
 """Kedro node of the training pipeline: turns catalog inputs into the loop's arguments.
 
 Thin on purpose: the training itself is :func:`aerial_inpainting.pconv.train.train` (no Kedro
-inside). The node picks the validation images, wires MLflow logging when kedro-mlflow has a
-run open, and logs the final model file with its config to that run. With
+inside). The node picks the validation images, runs the loop with the reporting callbacks of
+:mod:`aerial_inpainting.tracking` (live metrics into the MLflow run kedro-mlflow opened, if
+any) and returns the model, its metadata, the history, the loss curve and the validation
+grids; the catalog saves them and logs them to MLflow (kedro-mlflow datasets). With
 ``training.devices > 1`` it trains in that many local processes (DistributedDataParallel, see
 :mod:`aerial_inpainting.pconv.train_distributed`); rank 0 logs into the same MLflow run.
 """
@@ -13,7 +15,7 @@ import hashlib
 import json
 import logging
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -21,21 +23,32 @@ from typing import Any
 import matplotlib.figure
 import numpy as np
 import pandas as pd
+from PIL import Image
 
 from aerial_inpainting.imaging.masks import MaskShapeConfig, random_mask
-from aerial_inpainting.pconv.checkpoint import save_model
 from aerial_inpainting.pconv.config import TrainConfig
 from aerial_inpainting.pconv.data import InpaintingTrainDataset, validation_batch
 from aerial_inpainting.pconv.train import TrainingData, TrainResult, train
 from aerial_inpainting.pconv.train_distributed import train_multiprocess
 from aerial_inpainting.pconv.unet import PConvUNet
 from aerial_inpainting.project_paths import resolve_in_project
-from aerial_inpainting.tracking import config_json, loss_curve_figure, training_callbacks
+from aerial_inpainting.tracking import (
+    callbacks_for_active_run,
+    loss_curve_figure,
+    model_metadata,
+    read_grids,
+)
 
 logger = logging.getLogger(__name__)
 
-PYFUNC_MODEL_NAME = "model"  # runs:/<run_id>/model
-MODEL_FILES_ARTIFACT = "model_files"
+TrainingOutputs = tuple[
+    PConvUNet,
+    dict[str, Any],
+    pd.DataFrame,
+    matplotlib.figure.Figure,
+    dict[str, Callable[[], Image.Image]],
+    PConvUNet,
+]
 
 
 def pick_validation_set(
@@ -136,17 +149,16 @@ def resolve_model_file(path: str | Path) -> Path:
 def training_config(params: Mapping[str, Any]) -> tuple[dict[str, Any], TrainConfig]:
     """``params:training`` with its paths made absolute, and the :class:`TrainConfig` of it.
 
-    Relative ``checkpoint_dir``/``grid_dir`` resolve against the Kedro project root, not the
-    working directory; ``init_weights`` becomes the model file it names
+    A relative ``checkpoint_dir`` resolves against the Kedro project root, not the working
+    directory; ``init_weights`` becomes the model file it names
     (:func:`resolve_model_file`). Shared by the node and the torchrun entry point. Every key
     of ``conf/base/parameters_training.yml`` must be there (no value comes from code); raises
     ValueError naming a wrong, unknown or missing key and the file
     (:meth:`TrainConfig.from_params`).
     """
-    paths = {
-        k: resolve_in_project(params[k]) for k in ("checkpoint_dir", "grid_dir") if k in params
-    }
-    resolved = {**params, **paths}
+    resolved = dict(params)
+    if "checkpoint_dir" in params:
+        resolved["checkpoint_dir"] = resolve_in_project(params["checkpoint_dir"])
     cfg = TrainConfig.from_params(resolved, complete=True)
     if cfg.init_weights:
         resolved["init_weights"] = cfg.init_weights = str(resolve_model_file(cfg.init_weights))
@@ -162,69 +174,42 @@ def train_model(
     val_mask_index: pd.DataFrame,
     params: Mapping[str, Any],
     mask_shapes: Mapping[str, Any] | None = None,
-) -> tuple[PConvUNet, pd.DataFrame, matplotlib.figure.Figure]:
+) -> TrainingOutputs:
     """Train the partial-conv U-Net (resuming from the latest checkpoint when allowed).
 
-    Returns the model (CPU, eval mode), the history table (one row per logged step) and the
-    loss-curve figure. Relative ``checkpoint_dir``/``grid_dir`` resolve against the Kedro
-    project root, not the working directory (``kedro run`` from a subdirectory).
+    Returns (see :func:`training_outputs`) the model (CPU, eval mode), its metadata, the
+    history table (one row per logged step), the loss-curve figure, the validation grids
+    (PNG partitions) and the model once more, for the MLflow pyfunc entry. A relative
+    ``checkpoint_dir`` resolves against the Kedro project root, not the working directory
+    (``kedro run`` from a subdirectory).
     """
     params, cfg = training_config(params)
     data = build_training_data(
         images, train_split, val_split, train_masks, val_masks, val_mask_index, cfg=cfg,
         mask_shapes=mask_shapes,
     )  # fmt: skip
-    mlflow = _active_mlflow()
-    if cfg.devices > 1:  # rank 0 of the worker processes logs into this process's run
-        run = {}
-        if mlflow is not None:
-            run_id = mlflow.active_run().info.run_id
-            run = {"run_id": run_id, "tracking_uri": mlflow.get_tracking_uri()}
-        callbacks = partial(training_callbacks, cfg.grid_dir, mlflow is not None, **run)
-        result = train_multiprocess(params, data, cfg.devices, callbacks)
-    else:
-        result = train(cfg, data, training_callbacks(cfg.grid_dir, mlflow is not None))
-    return training_outputs(result, cfg, mlflow)
+    with tempfile.TemporaryDirectory(prefix="pconv-grids-") as grid_dir:
+        callbacks = callbacks_for_active_run(grid_dir)
+        if cfg.devices > 1:  # rank 0 of the worker processes logs into this process's run
+            result = train_multiprocess(params, data, cfg.devices, callbacks)
+        else:
+            result = train(cfg, data, callbacks())
+        return training_outputs(result, cfg, grid_dir)
 
 
 def training_outputs(
-    result: TrainResult, cfg: TrainConfig, mlflow=None
-) -> tuple[PConvUNet, pd.DataFrame, matplotlib.figure.Figure]:
-    """The node's outputs from a finished run; the model file is logged to ``mlflow``'s active
-    run when given (shared with the torchrun entry point, :mod:`aerial_inpainting.torchrun_training`).
-    """
+    result: TrainResult, cfg: TrainConfig, grid_dir: str | Path
+) -> TrainingOutputs:
+    """The node's outputs from a finished run, in the order of the pipeline's outputs
+    (shared with the torchrun entry point, :mod:`aerial_inpainting.torchrun_training`):
+    model (CPU, eval mode), metadata (:func:`aerial_inpainting.tracking.model_metadata`),
+    history, loss curve, the grids written under ``grid_dir`` and the model again."""
     model = result.model.cpu().eval()
-    model.extra = {"fingerprint": result.info["fingerprint"], "final_step": result.info["final_step"],
-                   "vgg": result.info["vgg"]}  # fmt: skip
-    if mlflow is not None:
-        _log_model(mlflow, model, cfg, result.info)
-    return model, result.history, loss_curve_figure(result.history, cfg.steps_stage1)
-
-
-def _active_mlflow():
-    """The mlflow module when a run is active (kedro-mlflow opens one per `kedro run`)."""
-    try:
-        import mlflow
-    except ImportError:  # pragma: no cover - mlflow is a dependency
-        return None
-    return mlflow if mlflow.active_run() is not None else None
-
-
-def _log_model(mlflow, model: PConvUNet, cfg: TrainConfig, info: Mapping[str, Any]) -> None:
-    """Log the final model to the active run twice over.
-
-    * ``model``: an MLflow pyfunc model (``mlflow.pyfunc.load_model("runs:/<id>/model")``,
-      ``mlflow models serve``) that takes an image and a mask and returns the inpainting;
-    * ``model_files/``: the plain model file (rebuilds itself with ``load_model``) and the
-      run's configuration as JSON, for evaluation, the CLI and humans.
-    """
-    from aerial_inpainting.mlflow_model import log_pyfunc_model
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = save_model(
-            Path(tmp) / "pconv_unet.safetensors", model, extra={"fingerprint": info["fingerprint"]}
-        )
-        (Path(tmp) / "config.json").write_text(config_json(model, cfg, info))
-        mlflow.log_artifact(str(path), artifact_path=MODEL_FILES_ARTIFACT)
-        mlflow.log_artifact(str(Path(tmp) / "config.json"), artifact_path=MODEL_FILES_ARTIFACT)
-        log_pyfunc_model(path, name=PYFUNC_MODEL_NAME)
+    return (
+        model,
+        model_metadata(model, cfg, result.info),
+        result.history,
+        loss_curve_figure(result.history, cfg.steps_stage1),
+        read_grids(grid_dir),
+        model,
+    )

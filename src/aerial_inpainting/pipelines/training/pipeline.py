@@ -8,7 +8,9 @@ TAG = "training"
 
 
 def create_pipeline(**kwargs) -> Pipeline:
-    """images + splits + masks -> trained model, its history table and loss-curve figure."""
+    """images + splits + masks -> the trained model (versioned file and MLflow pyfunc model),
+    its metadata, history table, loss-curve figure and validation grids (all in the catalog,
+    which logs them to MLflow)."""
     return Pipeline(
         [
             Node(
@@ -23,7 +25,14 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "params:training",
                     "params:data_processing.masks.shapes",
                 ],
-                outputs=["model", "training_history", "loss_curve"],
+                outputs=[
+                    "model",
+                    "model_metadata",
+                    "training_history",
+                    "loss_curve",
+                    "training_grids",
+                    "mlflow_model",
+                ],
                 name="train_model",
                 tags=[TAG],
             )
