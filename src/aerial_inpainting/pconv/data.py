@@ -51,8 +51,10 @@ def dihedral_transform(array: np.ndarray, k: int) -> np.ndarray:
 
 def to_image_tensor(images: np.ndarray) -> torch.Tensor:
     """uint8 (N, H, W, 3) or (H, W, 3) -> float32 (N, 3, H, W) / (3, H, W) in [0, 1]."""
-    tensor = torch.from_numpy(np.ascontiguousarray(images))
-    return tensor.movedim(-1, -3).float().div_(255.0)
+    # A float32 copy made by NumPy: works for read-only inputs (a memory-mapped images.npy)
+    # without PyTorch's non-writable-array warning; the values are those of ``.float()``.
+    tensor = torch.from_numpy(np.array(images, dtype=np.float32))
+    return tensor.movedim(-1, -3).div_(255.0)
 
 
 def to_mask_tensor(masks: np.ndarray) -> torch.Tensor:

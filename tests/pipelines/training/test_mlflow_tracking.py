@@ -25,12 +25,10 @@ from aerial_inpainting.mlflow_model import PConvInpaintingModel, input_example
 
 # Warnings a plain run prints that this project cannot fix: Kedro's and kedro-mlflow's own
 # use of a deprecated OmegaConf call; kedro-mlflow's KedroPipelineModel, whose `predict` has
-# no type hints (imported with the plugin; ours has them, test below); the Union type hint of
-# the evaluate/inpaint nodes' parameters (not part of the training pipeline's code).
+# no type hints (imported with the plugin; ours has them, test below).
 THIRD_PARTY_WARNINGS = (
     "register_new_resolver() is deprecated",
     "Add type hints to the `predict` method",
-    "Union type hint (Mapping |",
 )
 
 

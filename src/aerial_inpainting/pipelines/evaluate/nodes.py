@@ -183,7 +183,7 @@ def predict_test_images(
     images: np.ndarray,
     evaluation_set: pd.DataFrame,
     evaluation_masks: np.ndarray,
-    params: Mapping[str, Any] | EvaluateParams,
+    params: Mapping[str, Any],
 ) -> np.ndarray:
     """The model's raw output for every test image, in ``evaluation_set`` order (uint8)."""
     params = EvaluateParams.parse(params)
@@ -215,7 +215,7 @@ def compute_metrics(
     evaluation_set: pd.DataFrame,
     evaluation_masks: np.ndarray,
     model_outputs: np.ndarray,
-    params: Mapping[str, Any] | EvaluateParams,
+    params: Mapping[str, Any],
 ) -> pd.DataFrame:
     """Per-image metrics of the model and every baseline: one row per image and method.
 
@@ -292,7 +292,7 @@ def compute_metrics(
 
 
 def summarise_evaluation(
-    evaluation_per_image: pd.DataFrame, params: Mapping[str, Any] | EvaluateParams
+    evaluation_per_image: pd.DataFrame, params: Mapping[str, Any]
 ) -> tuple[pd.DataFrame, str, dict[str, dict[str, float | int]]]:
     """Summary table (CSV), the Markdown report and the MLflow metrics."""
     params = EvaluateParams.parse(params)
@@ -332,7 +332,7 @@ def plot_evaluation_examples(
     evaluation_masks: np.ndarray,
     model_outputs: np.ndarray,
     evaluation_per_image: pd.DataFrame,
-    params: Mapping[str, Any] | EvaluateParams,
+    params: Mapping[str, Any],
 ) -> Figure:
     """The model's best, median and worst test images by composite PSNR."""
     params = EvaluateParams.parse(params)

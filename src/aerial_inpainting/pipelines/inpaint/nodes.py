@@ -151,7 +151,7 @@ def inpaint_user_images(
     model: torch.nn.Module,
     images: Mapping[str, Any],
     masks: Mapping[str, Any],
-    params: Mapping[str, Any] | InpaintParams,
+    params: Mapping[str, Any],
     geotiff_ids: Sequence[str] | None = None,
 ) -> tuple[dict[str, Image.Image], dict[str, Image.Image], pd.DataFrame]:
     """Fill every image that has a mask; returns results, previews and a per-image report.
@@ -271,7 +271,7 @@ def inpaint_user_geotiffs(
     model: torch.nn.Module,
     rasters: Mapping[str, Any],
     mask_files: Mapping[str, Any],
-    params: Mapping[str, Any] | InpaintParams,
+    params: Mapping[str, Any],
 ) -> tuple[dict[str, str], pd.DataFrame, list[str]]:
     """Fill the GeoTIFFs among the images, window by window; nodata pixels are holes.
 
