@@ -22,7 +22,7 @@ _SCRIPT = textwrap.dedent(
     import torch
     torch.set_num_threads(1)
     sys.path.insert(0, {tests_dir!r})
-    from training.conftest import box_masks, smooth_images
+    from support.training import box_masks, smooth_images
     from aerial_inpainting.pconv import train as T
     from aerial_inpainting.pconv.data import InpaintingTrainDataset
 

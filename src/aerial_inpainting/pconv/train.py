@@ -377,9 +377,7 @@ def train(
     ckpt_dir = Path(cfg.checkpoint_dir) / fingerprint if cfg.checkpoint_dir else None
     model, criterion, vgg_info = build_model_and_loss(cfg, ctx, rt)
     scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.precision == "fp16")
-    checkpoint = _checkpoint_to_resume(cfg, ctx, ckpt_dir, fingerprint)
-    state = TrainState.from_checkpoint(checkpoint, cfg, model, scaler, ctx.rank, ctx.world_size)
-    del checkpoint
+    state = _start_or_resume(cfg, ctx, ckpt_dir, fingerprint, model, scaler)
     snapshots = SnapshotWriter(cfg, fingerprint, state.elapsed_s) if master_process else None
     net = ddp.wrap_ddp(model, ctx)  # what runs forward/backward; `model` is what is saved
     info = _run_info(cfg, ctx, rt, state, fingerprint, ckpt_dir, vgg_info)
@@ -398,10 +396,7 @@ def train(
         if progress >= 1.0:  # the wall-time budget ran out (a resumed run that was done)
             break
         if state.stage == 1 and stage2_due(cfg, state.step, progress):
-            state.enter_stage2(cfg)
-            if ctx.is_distributed:  # DDP fixed its parameter set when built: rebuild it
-                del net
-                net = ddp.wrap_ddp(model, ctx)
+            net = _enter_stage2(cfg, state, model, net, ctx)
         lr = learning_rate(cfg, state.step, progress, state.stage)
         losses = _train_step(net, criterion, state, rt, images, masks, lr)
         state.step += 1
@@ -433,7 +428,41 @@ def train(
             break
     bar.close()
     del net
+    return _finish(state, info, total, callbacks)
 
+
+def _start_or_resume(
+    cfg: TrainConfig,
+    ctx: ddp.DistContext,
+    ckpt_dir: Path | None,
+    fingerprint: str,
+    model: PConvUNet,
+    scaler: torch.amp.GradScaler,
+) -> TrainState:
+    """The run's state: from the latest checkpoint of this config when resuming, else fresh."""
+    checkpoint = _checkpoint_to_resume(cfg, ctx, ckpt_dir, fingerprint)
+    return TrainState.from_checkpoint(checkpoint, cfg, model, scaler, ctx.rank, ctx.world_size)
+
+
+def _enter_stage2(
+    cfg: TrainConfig,
+    state: TrainState,
+    model: PConvUNet,
+    net: torch.nn.Module,
+    ctx: ddp.DistContext,
+) -> torch.nn.Module:
+    """Switch to stage 2 (encoder BatchNorm frozen); returns the module to train from now on."""
+    state.enter_stage2(cfg)
+    if not ctx.is_distributed:
+        return net
+    del net  # DDP fixed its parameter set when built: rebuild it
+    return ddp.wrap_ddp(model, ctx)
+
+
+def _finish(
+    state: TrainState, info: dict[str, Any], total: int, callbacks: Sequence[TrainingCallback]
+) -> TrainResult:
+    """The run's result (EMA or raw weights in eval mode, history, info); ``on_train_end``."""
     if state.resumed_from is not None and state.resumed_from >= total:
         logger.info(
             "Checkpoint at step %d already covers the %d requested steps", state.resumed_from, total

@@ -78,8 +78,12 @@ def _describe_data(images: np.ndarray, rows: list[int], mask_ids: list[str]) -> 
     """What a resumed run must see unchanged: the image array's shape, train rows, mask ids."""
     digest = hashlib.sha256(np.asarray(rows, dtype=np.int64).tobytes())
     digest.update("\n".join(mask_ids).encode())
-    return {"images_shape": list(images.shape), "n_train": len(rows), "n_masks": len(mask_ids),
-            "rows_and_masks_sha256": digest.hexdigest()[:16]}  # fmt: skip
+    return {
+        "images_shape": list(images.shape),
+        "n_train": len(rows),
+        "n_masks": len(mask_ids),
+        "rows_and_masks_sha256": digest.hexdigest()[:16],
+    }
 
 
 def build_training_data(
@@ -108,10 +112,14 @@ def build_training_data(
     else:
         mask_ids = sorted(train_masks)
     dataset = InpaintingTrainDataset(
-        images, rows, [train_masks[k] for k in mask_ids] if generator is None else [],
-        size=cfg.train_size, seed=cfg.seed, augment=cfg.augment,
+        images,
+        rows,
+        [train_masks[k] for k in mask_ids] if generator is None else [],
+        size=cfg.train_size,
+        seed=cfg.seed,
+        augment=cfg.augment,
         mask_generator=generator,
-    )  # fmt: skip
+    )
     val_rows, val_mask_ids = pick_validation_set(val_split, val_mask_index, cfg.val_images)
     val_image_batch = val_mask_batch = None
     if val_rows:
@@ -185,9 +193,15 @@ def train_model(
     """
     params, cfg = training_config(params)
     data = build_training_data(
-        images, train_split, val_split, train_masks, val_masks, val_mask_index, cfg=cfg,
+        images,
+        train_split,
+        val_split,
+        train_masks,
+        val_masks,
+        val_mask_index,
+        cfg=cfg,
         mask_shapes=mask_shapes,
-    )  # fmt: skip
+    )
     with tempfile.TemporaryDirectory(prefix="pconv-grids-") as grid_dir:
         callbacks = callbacks_for_active_run(grid_dir)
         if cfg.devices > 1:  # rank 0 of the worker processes logs into this process's run
