@@ -253,7 +253,15 @@ class PretrainedModelHook:
         dataset = catalog.get("pretrained_model") if "pretrained_model" in catalog else None
         if dataset is None:  # a catalog without the entry (it is declared in conf/base)
             dataset = PretrainedModelDataset(name=DEFAULT_NAME)
-        catalog["model"] = dataset
+        # The replacement is the point (logged below); Kedro's own "Replacing dataset" warning
+        # would only repeat it as a warning.
+        catalog_logger = logging.getLogger("kedro.io.data_catalog")
+        level = catalog_logger.level
+        catalog_logger.setLevel(logging.ERROR)
+        try:
+            catalog["model"] = dataset
+        finally:
+            catalog_logger.setLevel(level)
         name = getattr(dataset, "_name", DEFAULT_NAME)
         self.source = f"pretrained:{name}"
         logger.info("%s: using the %s", chosen, describe_pretrained(name))
