@@ -73,11 +73,14 @@ class MlflowRunHook:
         data_source = None
         if "image_index" not in pipeline.all_outputs() and catalog.exists("image_index"):
             data_source = _data_source(catalog.load("image_index"))
+        evaluates = "evaluation_summary" in pipeline.all_outputs()
+        choice = (parameters.get("evaluate") or {}).get("model") if evaluates else None
         self._name_parts = {
             "pipelines": names,
             "env": run_params.get("env"),
             "training": (parameters.get("training") or {}) if trains else None,
             "data_source": data_source,
+            "evaluated_model": choice if choice != "trained" else None,
         }
         config.tracking.run.name = run_name(**self._name_parts)
 
@@ -113,11 +116,14 @@ def run_name(
     env: str | None = None,
     training: dict[str, Any] | None = None,
     data_source: str | None = None,
+    evaluated_model: str | None = None,
 ) -> str:
     """``"training | env gpu | real data | U-Net depth 7, 64-512 ch | 243000 steps, 110 min"``:
     the pipelines (``__default__`` is ``default``), the environment unless ``local``, the
-    data source when known, and for a run that trains (``training`` = ``params:training``)
-    the network and its step budget (and wall-time budget, ``max_minutes``)."""
+    data source when known, for a run that trains (``training`` = ``params:training``)
+    the network and its step budget (and wall-time budget, ``max_minutes``), and for a run
+    that evaluates another model than the one just trained, ``evaluate.model``
+    (``"evaluate | real data | pretrained model"``)."""
     parts = ["+".join("default" if p == "__default__" else p for p in pipelines)]
     if env and env != "local":
         parts.append(f"env {env}")
@@ -133,6 +139,8 @@ def run_name(
         if training.get("max_minutes"):
             steps += f", {training['max_minutes']:g} min"
         parts.append(steps)
+    if evaluated_model:
+        parts.append(f"{evaluated_model} model")
     return " | ".join(parts)
 
 

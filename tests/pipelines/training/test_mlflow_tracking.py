@@ -44,6 +44,10 @@ def test_run_name_says_what_ran():
         == "training | env gpu | real data | U-Net depth 7, 64-512 ch | 243000 steps, 110 min"
     )
     assert run_name(["__default__"], "local", None, "synthetic") == "default | synthetic data"
+    assert (
+        run_name(["evaluate"], None, None, "real", "pretrained")
+        == "evaluate | real data | pretrained model"
+    )
     no_budget = {**training, "max_minutes": None}
     assert run_name(["data_processing", "training"], None, no_budget).endswith("| 243000 steps")
 
