@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import complete_training_params
+from conftest import complete_training_params, make_kedro_project
 
 from aerial_inpainting.pconv import distributed as ddp
 from aerial_inpainting.pconv.data import InpaintingTrainDataset
@@ -25,15 +25,6 @@ from aerial_inpainting.pconv.train_distributed import save_bundle
 from .ddp_workers import job_worker
 
 GLOBAL_BATCH = 4
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny tensors: one intra-op thread is faster, and immune to a CPU shared with others."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny_images(n: int, size: int, seed: int) -> np.ndarray:
@@ -147,3 +138,35 @@ def two_process_job(tmp_path_factory):
         return [torch.load(tmp / f"{name}_rank{r}.pt", weights_only=False) for r in range(2)]
 
     return tmp, load
+
+
+# The tiny network and run of the torchrun tests, as `kedro run --params` items.
+TORCHRUN_OVERRIDES = {
+    "device": "cpu",
+    "model.depth": 2,
+    "model.base_channels": 4,
+    "model.max_channels": 8,
+    "train_size": 16,
+    "batch_size": 2,
+    "vgg_weights": "none",
+    "val_images": 2,
+    "progress_bar": "false",
+}
+
+
+def torchrun_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A generated Kedro project (cwd) whose catalog holds the training node's tiny inputs."""
+    from aerial_inpainting.torchrun_training import load_context
+
+    project = make_kedro_project(tmp_path / "project")
+    monkeypatch.chdir(project)  # torchrun_training.main() changes into the project
+    catalog = load_context(project, None, {}).catalog
+    for name, value in tiny_catalog_inputs().items():
+        catalog.save(name, value)
+    return project
+
+
+def torchrun_params(**changes: Any) -> str:
+    """``TORCHRUN_OVERRIDES`` with ``changes``, as the ``--params`` string of torchrun_training."""
+    items = {**TORCHRUN_OVERRIDES, **changes}
+    return ",".join(f"training.{key}={value}" for key, value in items.items())

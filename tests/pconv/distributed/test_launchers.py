@@ -15,7 +15,13 @@ import pytest
 from aerial_inpainting.pconv.checkpoint import list_checkpoints, load_model
 from aerial_inpainting.pipelines.training.nodes import train_model
 
-from .conftest import GLOBAL_BATCH, tiny_catalog_inputs, tiny_params
+from .conftest import (
+    GLOBAL_BATCH,
+    tiny_catalog_inputs,
+    tiny_params,
+    torchrun_params,
+    torchrun_project,
+)
 
 
 def _one_run(tracking_uri: str):
@@ -73,34 +79,14 @@ def test_node_with_two_devices_logs_one_run_and_writes_one_checkpoint(tmp_path):
 @pytest.mark.slow
 def test_torchrun_entry_point_trains_from_the_catalog(tmp_path, monkeypatch):
     """``torchrun --standalone --nproc_per_node=2 -m aerial_inpainting.torchrun_training``."""
-    from conftest import make_kedro_project
-
-    from aerial_inpainting.torchrun_training import load_context
-
-    project = make_kedro_project(tmp_path / "project")
-    monkeypatch.chdir(project)
-    catalog = load_context(project, None, {}).catalog
-    for name, value in tiny_catalog_inputs().items():
-        catalog.save(name, value)
-    overrides = ",".join(
-        f"training.{k}={v}"
-        for k, v in {
-            "device": "cpu",
-            "model.depth": 2,
-            "model.base_channels": 4,
-            "model.max_channels": 8,
-            "train_size": 16,
-            "batch_size": 2,
-            "steps_stage1": 3,
-            "steps_stage2": 2,
-            "vgg_weights": "none",
-            "log_every": 1,
-            "val_every": 5,
-            "val_images": 2,
-            "checkpoint_every": 2,
-            "sync_batchnorm": "true",
-            "progress_bar": "false",
-        }.items()
+    project = torchrun_project(tmp_path, monkeypatch)
+    overrides = torchrun_params(
+        steps_stage1=3,
+        steps_stage2=2,
+        log_every=1,
+        val_every=5,
+        checkpoint_every=2,
+        sync_batchnorm="true",
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)  # mlflow.yml (rewritten into tmp) decides

@@ -15,7 +15,7 @@ import pytest
 from aerial_inpainting.pconv import train_distributed
 from aerial_inpainting.pconv.checkpoint import load_model
 
-from .conftest import tiny_catalog_inputs, tiny_data, tiny_params
+from .conftest import tiny_data, tiny_params, torchrun_params, torchrun_project
 
 
 @pytest.fixture
@@ -54,30 +54,10 @@ def test_elastic_launch_runs_the_worker_body_in_every_process(tmp_path, monkeypa
 
 @pytest.mark.slow
 def test_torchrun_entry_point_runs_the_worker_body(tmp_path, monkeypatch, worker_calls):
-    from conftest import make_kedro_project
+    from aerial_inpainting.torchrun_training import main
 
-    from aerial_inpainting.torchrun_training import load_context, main
-
-    project = make_kedro_project(tmp_path / "project")
-    monkeypatch.chdir(project)  # main() changes into the project; restored afterwards
-    catalog = load_context(project, None, {}).catalog
-    for name, value in tiny_catalog_inputs().items():
-        catalog.save(name, value)
-    overrides = {
-        "device": "cpu",
-        "model.depth": 2,
-        "model.base_channels": 4,
-        "model.max_channels": 8,
-        "train_size": 16,
-        "batch_size": 2,
-        "steps_stage1": 2,
-        "steps_stage2": 1,
-        "vgg_weights": "none",
-        "val_images": 2,
-        "checkpoint_dir": "null",
-        "progress_bar": "false",
-    }
-    params = ",".join(f"training.{k}={v}" for k, v in overrides.items())
+    project = torchrun_project(tmp_path, monkeypatch)
+    params = torchrun_params(steps_stage1=2, steps_stage2=1, checkpoint_dir="null")
 
     assert main(["--project-dir", str(project), "--params", params, "--no-mlflow"]) == 0
 
