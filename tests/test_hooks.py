@@ -47,3 +47,25 @@ def test_contradictions_and_bad_values_are_refused_with_the_parameter_named() ->
         choose_model_source([EVALUATE, INPAINT], params, False, _never_called)
     with pytest.raises(ValueError, match=r"evaluate.model: expected one of .*'latest'"):
         choose_model_source([EVALUATE], {"evaluate": {"model": "latest"}}, False, _never_called)
+
+
+def test_pretrained_swap_replaces_the_model_entry_without_a_warning(caplog) -> None:
+    from kedro.io import DataCatalog, MemoryDataset
+    from kedro.pipeline import Pipeline
+
+    from aerial_inpainting.datasets import PretrainedModelDataset
+    from aerial_inpainting.hooks import PretrainedModelHook
+
+    catalog = DataCatalog(
+        {
+            "model": MemoryDataset("trained"),
+            "parameters": MemoryDataset({"evaluate": {"model": "pretrained"}}),
+        }
+    )
+    hook = PretrainedModelHook()
+    with caplog.at_level("INFO"):
+        hook.before_pipeline_run({}, Pipeline([EVALUATE]), catalog)
+    assert isinstance(catalog.get("model"), PretrainedModelDataset)
+    assert hook.source is not None and hook.source.startswith("pretrained:")
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == []
+    assert any("evaluate.model=pretrained: using the" in r.getMessage() for r in caplog.records)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import warnings
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from aerial_inpainting.pconv.data import (
     InpaintingTrainDataset,
     ResumableSampler,
     make_train_loader,
+    to_image_tensor,
     validation_batch,
 )
 
@@ -112,3 +114,14 @@ def test_validation_batch_centre_crops_to_a_multiple():
     assert msks[0].min() == 1 and msks[1].max() == 0
     with pytest.raises(ValueError, match="'zz' that is not in test_masks"):
         validation_batch(images, [0], masks, ["zz"], multiple=8)
+
+
+def test_image_tensor_of_a_read_only_array_is_exact_and_warning_free():
+    images = np.random.default_rng(0).integers(0, 256, (2, 8, 6, 3), dtype=np.uint8)
+    images.setflags(write=False)  # as a memory-mapped images.npy is
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # PyTorch's non-writable-array UserWarning would raise
+        tensor = to_image_tensor(images)
+    expected = images.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255.0)
+    assert tensor.dtype == torch.float32 and tensor.shape == (2, 3, 8, 6)
+    np.testing.assert_array_equal(tensor.numpy(), expected)
