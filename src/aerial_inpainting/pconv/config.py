@@ -18,6 +18,7 @@ from aerial_inpainting.pconv.data import AugmentConfig
 from aerial_inpainting.pconv.distributed import BACKENDS
 from aerial_inpainting.pconv.loss import LossWeights
 from aerial_inpainting.pconv.unet import UNetConfig
+from aerial_inpainting.pconv.vgg import POOL_LAYERS, check_pool_layers
 
 LR_SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -91,6 +92,7 @@ class TrainConfig:
     loss_weights: LossWeights = field(default_factory=LossWeights)
     vgg_weights: str | None = "imagenet"
     vgg_offline_fallback: str = "random"
+    vgg_layers: list[str] = field(default_factory=lambda: list(POOL_LAYERS))
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     num_workers: int | str = "auto"
     log_every: int = 10
@@ -171,6 +173,10 @@ class TrainConfig:
             raise ValueError(
                 f"training.snapshot_minutes must be > 0, got {self.snapshot_minutes!r}"
             )
+        try:
+            check_pool_layers(self.vgg_layers)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"training.vgg_layers: {exc}") from exc
         multiple = 2 ** int(self.model.depth)
         if self.train_size % multiple:
             raise ValueError(
@@ -214,5 +220,10 @@ class TrainConfig:
             "loss_weights": self.loss_weights.to_dict(),
             "vgg_weights": self.vgg_weights,
             "vgg_offline_fallback": self.vgg_offline_fallback,
+            **(
+                {"vgg_layers": list(check_pool_layers(self.vgg_layers))}
+                if tuple(self.vgg_layers) != POOL_LAYERS
+                else {}
+            ),
             "augment": dataclasses.asdict(self.augment),
         }

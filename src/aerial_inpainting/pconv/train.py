@@ -171,7 +171,9 @@ def build_model_and_loss(
         # Random VGG fallback weights must be the same on every (resumed) run.
         torch.manual_seed(cfg.seed + 1)
         extractor, vgg_info = build_vgg16_features(
-            weights=cfg.vgg_weights or "none", offline_fallback=cfg.vgg_offline_fallback
+            weights=cfg.vgg_weights or "none",
+            offline_fallback=cfg.vgg_offline_fallback,
+            layers=cfg.vgg_layers,
         )
     if ctx.is_distributed:
         seed_everything(ddp.rank_seed(cfg.seed, ctx.rank))  # anything random from here differs
