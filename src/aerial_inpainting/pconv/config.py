@@ -18,7 +18,7 @@ from aerial_inpainting.pconv.data import AugmentConfig
 from aerial_inpainting.pconv.distributed import BACKENDS
 from aerial_inpainting.pconv.loss import LossWeights
 from aerial_inpainting.pconv.unet import UNetConfig
-from aerial_inpainting.pconv.vgg import POOL_LAYERS, check_pool_layers
+from aerial_inpainting.pconv.vgg import check_pool_layers
 
 LR_SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -92,7 +92,7 @@ class TrainConfig:
     loss_weights: LossWeights = field(default_factory=LossWeights)
     vgg_weights: str | None = "imagenet"
     vgg_offline_fallback: str = "random"
-    vgg_layers: list[str] = field(default_factory=lambda: list(POOL_LAYERS))
+    vgg_pool_layers: int = 3
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     num_workers: int | str = "auto"
     log_every: int = 10
@@ -174,9 +174,9 @@ class TrainConfig:
                 f"training.snapshot_minutes must be > 0, got {self.snapshot_minutes!r}"
             )
         try:
-            check_pool_layers(self.vgg_layers)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"training.vgg_layers: {exc}") from exc
+            check_pool_layers(self.vgg_pool_layers)
+        except ValueError as exc:
+            raise ValueError(f"training.vgg_pool_layers: {exc}") from exc
         multiple = 2 ** int(self.model.depth)
         if self.train_size % multiple:
             raise ValueError(
@@ -220,10 +220,6 @@ class TrainConfig:
             "loss_weights": self.loss_weights.to_dict(),
             "vgg_weights": self.vgg_weights,
             "vgg_offline_fallback": self.vgg_offline_fallback,
-            **(
-                {"vgg_layers": list(check_pool_layers(self.vgg_layers))}
-                if tuple(self.vgg_layers) != POOL_LAYERS
-                else {}
-            ),
+            **({"vgg_pool_layers": self.vgg_pool_layers} if self.vgg_pool_layers != 3 else {}),
             "augment": dataclasses.asdict(self.augment),
         }

