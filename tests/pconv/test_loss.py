@@ -247,3 +247,33 @@ def test_perceptual_and_style_terms_on_the_real_imagenet_vgg(imagenet_weights):
     assert float(terms["perceptual"]) == pytest.approx(perceptual, rel=1e-9)
     assert float(terms["style_out"]) == pytest.approx(style_out, rel=1e-9)
     assert float(terms["style_comp"]) == pytest.approx(style_comp, rel=1e-9)
+
+
+def test_one_pool_layer_compares_pool1_alone():
+    """vgg_pool_layers=1: the perceptual and style terms are the paper's sums reduced to pool1,
+    written out on torchvision's own first VGG-16 block (same weights)."""
+    from torchvision.models.vgg import cfgs, make_layers
+
+    extractor, _ = build_vgg16_features(weights="random", pool_layers=1)
+    extractor = extractor.double()
+    pool1 = make_layers(cfgs["D"])[:5].double().eval()
+    pool1.load_state_dict(extractor.blocks[0].state_dict())
+    out, gt, mask = random_case(n=2, h=16, w=16)
+    terms = InpaintingLoss(extractor)(out, gt, mask)
+    comp = torch.where(mask.bool(), gt, out)
+    mean = torch.tensor([0.485, 0.456, 0.406], dtype=torch.float64).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225], dtype=torch.float64).view(1, 3, 1, 1)
+    with torch.no_grad():
+        f_out, f_comp, f_gt = (pool1((x - mean) / std).numpy() for x in (out, comp, gt))
+
+    def gram(f: np.ndarray) -> np.ndarray:
+        n, c, h, w = f.shape
+        flat = f.reshape(n, c, h * w)
+        return np.einsum("nik,njk->nij", flat, flat) / (c * h * w)
+
+    perceptual = np.abs(f_out - f_gt).mean() + np.abs(f_comp - f_gt).mean()
+    style_out = np.abs(gram(f_out) - gram(f_gt)).mean()
+    style_comp = np.abs(gram(f_comp) - gram(f_gt)).mean()
+    assert float(terms["perceptual"]) == pytest.approx(perceptual, rel=1e-9)
+    assert float(terms["style_out"]) == pytest.approx(style_out, rel=1e-9)
+    assert float(terms["style_comp"]) == pytest.approx(style_comp, rel=1e-9)

@@ -125,11 +125,19 @@ def test_ema_follows_the_exponential_average_formula():
         ("max_minutes", 0, "max_minutes"),
         ("mask_source", "file", "mask_source"),
         ("warmup_steps", -1, "warmup_steps"),
+        ("vgg_pool_layers", 4, "vgg_pool_layers"),
+        ("vgg_pool_layers", 0, "vgg_pool_layers"),
     ],
 )
 def test_recipe_keys_are_validated(key, value, match):
     with pytest.raises(ValueError, match=match):
         _cfg(**{key: value})
+
+
+def test_vgg_pool_layers_is_in_the_fingerprint_only_when_not_the_papers():
+    """Checkpoints of runs with the paper's three layers keep their fingerprint (resumable)."""
+    assert "vgg_pool_layers" not in _cfg().fingerprint_fields()
+    assert _cfg(vgg_pool_layers=1).fingerprint_fields()["vgg_pool_layers"] == 1
 
 
 # ------------------------------------------------------------------ data

@@ -61,6 +61,39 @@ def test_matches_torchvision_vgg16_slices_with_imagenet_normalisation():
         torch.testing.assert_close(got, want, atol=1e-9, rtol=1e-9)
 
 
+@pytest.mark.parametrize("pool_layers", [1, 2])
+def test_fewer_pool_layers_are_the_first_torchvision_slices_only(pool_layers):
+    """pool_layers=n: pool1..pool<n> of torchvision's network and no deeper block."""
+    from torchvision.models.vgg import cfgs, make_layers
+
+    full, _ = build_vgg16_features(weights="random")
+    extractor, _ = build_vgg16_features(weights="random", pool_layers=pool_layers)
+    reference = make_layers(cfgs["D"]).double().eval()
+    reference.load_state_dict(
+        {k.removeprefix("features."): v.double() for k, v in features_state(full).items()},
+        strict=False,
+    )
+    images = torch.rand(2, 3, 16, 16, dtype=torch.float64)
+    mean = torch.tensor([0.485, 0.456, 0.406], dtype=torch.float64).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225], dtype=torch.float64).view(1, 3, 1, 1)
+    x = (images - mean) / std
+    stops = [5, 10, 17][:pool_layers]
+    expected = [reference[:stop](x) for stop in stops]
+    feats = extractor.double()(images)
+    assert len(feats) == pool_layers
+    for got, want in zip(feats, expected, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-9, rtol=1e-9)
+    # Only the convolutions up to pool<n> are kept (and run): 2 per block for pool1/pool2.
+    convs = [m for m in extractor.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 2 * pool_layers
+
+
+@pytest.mark.parametrize("pool_layers", [0, 4, True, "pool1", 1.5])
+def test_pool_layers_outside_one_to_three_are_refused(pool_layers):
+    with pytest.raises(ValueError, match="pool_layers must be 1, 2 or 3"):
+        build_vgg16_features(weights="random", pool_layers=pool_layers)
+
+
 def test_none_disables():
     extractor, info = build_vgg16_features(weights="none")
     assert extractor is None and info == {"vgg_weights": "disabled"}
