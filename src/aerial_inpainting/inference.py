@@ -617,8 +617,32 @@ def inpaint_image(
         logger.warning("%s", note)
     if inputs.valid.all():
         logger.info("%s: mask has no hole, image returned unchanged", name)
+    return fill_prepared(
+        model, inputs, device, tile_size, overlap, max_size=max_size, progress=progress, name=name
+    )
+
+
+def fill_prepared(
+    model: torch.nn.Module,
+    inputs: PreparedInputs,
+    device: str | torch.device | None,
+    tile_size: int | None,
+    overlap: int,
+    *,
+    max_size: int,
+    progress: bool | None,
+    name: str,
+    mask_name: str | None = None,
+) -> np.ndarray:
+    """The composed result (:func:`compose_output`) of prepared ``inputs``: the input itself
+    when the mask has no hole, else its holes filled by :func:`fill_holes`.
+
+    Raises :class:`InpaintingInputError` naming ``mask_name`` (default ``name``) when the mask
+    has no valid pixel.
+    """
+    if inputs.valid.all():
         return compose_output(inputs, inputs.rgb)
-    check_fillable(inputs, name)
+    check_fillable(inputs, mask_name or name)
     filled = fill_holes(
         model,
         inputs.rgb,

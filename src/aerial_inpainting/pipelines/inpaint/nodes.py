@@ -33,9 +33,7 @@ from tqdm.auto import tqdm
 from aerial_inpainting.imaging.io import pillow_pixel_limit, too_large_reason
 from aerial_inpainting.inference import (
     InpaintingInputError,
-    check_fillable,
-    compose_output,
-    fill_holes,
+    fill_prepared,
     prepare_inputs,
 )
 from aerial_inpainting.parameters import InpaintParams
@@ -247,21 +245,17 @@ def _inpaint_pair(
     notes = list(inputs.notes)
     for note in notes:
         logger.warning("inpaint: %s", note)
-    if inputs.valid.all():
-        filled = inputs.rgb
-    else:
-        check_fillable(inputs, f"mask {mask_file}")
-        filled = fill_holes(
-            model,
-            inputs.rgb,
-            inputs.valid,
-            device=device,
-            tile_size=params.tile_size,
-            overlap=params.overlap,
-            max_size=params.max_size,
-            name=str(image_file),
-        )
-    result = compose_output(inputs, filled)
+    result = fill_prepared(
+        model,
+        inputs,
+        device,
+        params.tile_size,
+        params.overlap,
+        max_size=params.max_size,
+        progress=False,
+        name=str(image_file),
+        mask_name=f"mask {mask_file}",
+    )
     if inputs.hole_ratio == 0.0:
         notes.append("mask has no hole: image copied unchanged")
     return inputs, result, notes
