@@ -24,9 +24,6 @@ PARAMS = conf_parameters("evaluate") | {
     "metrics_batch_size": 4,
     "num_workers": 1,
     "progress_bar": False,
-    "baselines": ["telea", "navier_stokes", "biharmonic", "mean_fill"],
-    "telea_radius": 3,
-    "ns_radius": 3,
     "biharmonic_sample": 3,
     "lpips_net": "alex",
 }

@@ -31,9 +31,6 @@ PARAMS = conf_parameters("evaluate") | {
     "metrics_batch_size": 4,
     "num_workers": 1,
     "progress_bar": False,
-    "baselines": ["telea", "navier_stokes", "biharmonic", "mean_fill"],
-    "telea_radius": 3,
-    "ns_radius": 3,
     "biharmonic_sample": 3,
     "num_examples": 1,
 }
@@ -210,7 +207,7 @@ def test_evaluate_pipeline_end_to_end(kedro_project: Path, capsys: pytest.Captur
     telea = per_image[per_image.method == "telea"].set_index("mask_id")
     for _, r in index.iterrows():
         gt = images[split.set_index("image_id").loc[r["image_id"], "row"]]
-        filled = baselines.telea(gt, masks[r["mask_id"]], radius=3)
+        filled = baselines.telea(gt, masks[r["mask_id"]], radius=PARAMS["telea_radius"])
         expected = peak_signal_noise_ratio(gt / 255.0, filled / 255.0, data_range=1.0)
         assert telea.loc[r["mask_id"], "psnr"] == pytest.approx(expected)
         assert telea.loc[r["mask_id"], "image_id"] == r["image_id"]
