@@ -127,6 +127,11 @@ def test_ema_follows_the_exponential_average_formula():
         ("warmup_steps", -1, "warmup_steps"),
         ("vgg_pool_layers", 4, "vgg_pool_layers"),
         ("vgg_pool_layers", 0, "vgg_pool_layers"),
+        ("late_train_size", 18, "late_train_size"),  # not a multiple of 2**depth = 4
+        ("late_train_size", 0, "late_train_size"),
+        ("late_train_size", True, "late_train_size"),
+        ("late_train_size_from", 1.0, "late_train_size_from"),
+        ("late_train_size_from", -0.1, "late_train_size_from"),
     ],
 )
 def test_recipe_keys_are_validated(key, value, match):
@@ -138,6 +143,13 @@ def test_vgg_pool_layers_is_in_the_fingerprint_only_when_not_the_papers():
     """Checkpoints of runs with the paper's three layers keep their fingerprint (resumable)."""
     assert "vgg_pool_layers" not in _cfg().fingerprint_fields()
     assert _cfg(vgg_pool_layers=1).fingerprint_fields()["vgg_pool_layers"] == 1
+
+
+def test_crop_curriculum_is_in_the_fingerprint_only_when_set():
+    """Checkpoints of runs without a curriculum keep their fingerprint (resumable)."""
+    assert "late_train_size" not in _cfg().fingerprint_fields()
+    fields = _cfg(late_train_size=32, late_train_size_from=0.5).fingerprint_fields()
+    assert (fields["late_train_size"], fields["late_train_size_from"]) == (32, 0.5)
 
 
 # ------------------------------------------------------------------ data
@@ -246,6 +258,62 @@ def test_ema_run_resumes_to_the_same_weights(tiny_inputs, make_params, tmp_path)
     for key, value in straight.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[key]), key
     assert straight.history["loss_ssim"].gt(0).all()
+
+
+# ------------------------------------------------------------------ crop-size curriculum
+
+
+def _crop_sizes_seen(monkeypatch) -> list[int]:
+    """Patch the training step to record the crop size of every batch it gets."""
+    import aerial_inpainting.pconv.train as train_module
+
+    seen: list[int] = []
+    step = train_module._train_step
+
+    def recording_step(net, criterion, state, rt, images, masks, lr):
+        assert images.shape[-2:] == masks.shape[-2:]
+        seen.append(int(images.shape[-1]))
+        return step(net, criterion, state, rt, images, masks, lr)
+
+    monkeypatch.setattr(train_module, "_train_step", recording_step)
+    return seen
+
+
+def test_crop_curriculum_switches_at_its_share_of_the_run(tiny_inputs, make_params, monkeypatch):
+    """7 steps, switch at 0.5: progress before step s (0-based) is s/7, >= 0.5 from s = 4."""
+    seen = _crop_sizes_seen(monkeypatch)
+    cfg = TrainConfig.from_params(make_params(late_train_size=32, late_train_size_from=0.5))
+    result = train(cfg, _data(tiny_inputs, cfg))
+    assert seen == [16, 16, 16, 16, 32, 32, 32]
+    assert result.info["final_step"] == 7
+
+
+def test_crop_curriculum_resumes_to_the_same_weights(tiny_inputs, make_params, tmp_path):
+    """Interrupted before and after the switch, the run ends with the uninterrupted weights."""
+
+    def run(directory: str, stop: int | None = None):
+        cfg = TrainConfig.from_params(
+            make_params(checkpoint_dir=directory, late_train_size=32, late_train_size_from=0.5)
+        )
+        return train(cfg, _data(tiny_inputs, cfg), stop_at_step=stop)
+
+    straight = run(str(tmp_path / "a"))
+    run(str(tmp_path / "b"), stop=2)  # before the switch
+    run(str(tmp_path / "b"), stop=5)  # after it
+    resumed = run(str(tmp_path / "b"))
+    assert resumed.info["resumed_from_step"] == 5
+    for key, value in straight.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+
+
+def test_crop_curriculum_larger_than_the_images_fails_before_training(
+    tiny_inputs, make_params, monkeypatch
+):
+    seen = _crop_sizes_seen(monkeypatch)
+    cfg = TrainConfig.from_params(make_params(late_train_size=64))  # the images are 32 px
+    with pytest.raises(ValueError, match=r"training.late_train_size=64 is larger than the images"):
+        train(cfg, _data(tiny_inputs, cfg))
+    assert seen == []
 
 
 # ------------------------------------------------------------------ fine-tuning (init_weights)

@@ -76,6 +76,8 @@ class TrainConfig:
     precision: str = "auto"
     channels_last: bool | str = "auto"
     train_size: int = 64
+    late_train_size: int | None = None
+    late_train_size_from: float = 0.75
     batch_size: int = 8
     steps_stage1: int = 600
     steps_stage2: int = 150
@@ -182,6 +184,19 @@ class TrainConfig:
             raise ValueError(
                 f"training.train_size={self.train_size} must be a multiple of 2**depth={multiple}"
             )
+        late = self.late_train_size
+        if late is not None and (
+            isinstance(late, bool) or not isinstance(late, int) or late <= 0 or late % multiple
+        ):
+            raise ValueError(
+                f"training.late_train_size must be null or a positive multiple of "
+                f"2**depth={multiple}, got {late!r}"
+            )
+        frac = self.late_train_size_from
+        if isinstance(frac, bool) or not isinstance(frac, int | float) or not 0.0 <= frac < 1.0:
+            raise ValueError(
+                f"training.late_train_size_from must be a share of the run in [0, 1), got {frac!r}"
+            )
 
     @property
     def total_steps(self) -> int:
@@ -199,6 +214,10 @@ class TrainConfig:
         single-process run keeps the fingerprint it always had.
         """
         parallel = {"world_size": world_size, "sync_batchnorm": self.sync_batchnorm}
+        curriculum = {
+            "late_train_size": self.late_train_size,
+            "late_train_size_from": self.late_train_size_from,
+        }
         schedule = {
             "lr_schedule": self.lr_schedule,
             "warmup_steps": self.warmup_steps,
@@ -209,6 +228,7 @@ class TrainConfig:
             "model": self.model.to_dict(),
             "seed": self.seed,
             "train_size": self.train_size,
+            **(curriculum if self.late_train_size is not None else {}),
             "batch_size": self.batch_size,
             "steps_stage1": self.steps_stage1,
             "lr_stage1": self.lr_stage1,

@@ -9,6 +9,7 @@ stream at ``k = step * batch_size``, whatever the number of DataLoader workers.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -98,11 +99,7 @@ class InpaintingTrainDataset(Dataset):
                 f"train split refers to rows {bad_rows[:5]} outside the images array (N={len(images)})"
             )
         height, width = images.shape[1:3]
-        if size > height or size > width:
-            raise ValueError(
-                f"training.train_size={size} is larger than the images ({height}x{width}); "
-                "lower training.train_size"
-            )
+        self._check_size(size, "training.train_size", height, width)
         self.images = images
         self.rows = [int(r) for r in rows]
         self.masks = [(np.asarray(m) > 0).astype(np.uint8) for m in masks]
@@ -110,6 +107,24 @@ class InpaintingTrainDataset(Dataset):
         self.seed = int(seed)
         self.augment = augment or AugmentConfig()
         self.mask_generator = mask_generator
+
+    @staticmethod
+    def _check_size(size: int, name: str, height: int, width: int) -> None:
+        if size > height or size > width:
+            raise ValueError(
+                f"{name}={size} is larger than the images ({height}x{width}); lower {name}"
+            )
+
+    def with_size(self, size: int, name: str = "training.train_size") -> InpaintingTrainDataset:
+        """The same stream (images, masks, seed, augmentation) with crops of ``size`` pixels.
+
+        Sample ``k`` keeps its image, crop position draw, mask draw and transform; only the
+        crop's size changes. Raises ValueError naming ``name`` when ``size`` exceeds the images.
+        """
+        self._check_size(int(size), name, *self.images.shape[1:3])
+        other = copy.copy(self)
+        other.size = int(size)
+        return other
 
     def __len__(self) -> int:
         return len(self.rows)

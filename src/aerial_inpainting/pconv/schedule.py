@@ -38,6 +38,15 @@ def stage2_due(cfg: TrainConfig, step: int, progress: float) -> bool:
     return step >= cfg.steps_stage1 or progress >= cfg.steps_stage1 / cfg.total_steps
 
 
+def train_size_at(cfg: TrainConfig, progress: float) -> int:
+    """The crop size (pixels) of the next step: ``train_size``, then ``late_train_size`` once
+    the run's progress reaches ``late_train_size_from`` (a crop-size curriculum: small, cheap
+    crops early, larger ones with more context at the end; ``late_train_size: null`` = none)."""
+    if cfg.late_train_size is not None and progress >= cfg.late_train_size_from:
+        return int(cfg.late_train_size)
+    return int(cfg.train_size)
+
+
 def make_ema(model: torch.nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
     """An exponential moving average of the weights and BatchNorm statistics (PyTorch's
     ``AveragedModel``): after update ``n`` (counted from 0),

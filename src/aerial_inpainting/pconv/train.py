@@ -56,7 +56,13 @@ from aerial_inpainting.pconv.devices import (
     resolve_precision,
 )
 from aerial_inpainting.pconv.loss import LOSS_KEYS, InpaintingLoss
-from aerial_inpainting.pconv.schedule import learning_rate, make_ema, run_progress, stage2_due
+from aerial_inpainting.pconv.schedule import (
+    learning_rate,
+    make_ema,
+    run_progress,
+    stage2_due,
+    train_size_at,
+)
 from aerial_inpainting.pconv.unet import PConvUNet
 from aerial_inpainting.pconv.validation import ValidationSamples, validate
 from aerial_inpainting.pconv.vgg import build_vgg16_features
@@ -387,16 +393,30 @@ def train(
         cb.on_train_start(info)
 
     total = cfg.total_steps
-    loader = _train_loader(cfg, data, state, rt, ctx)
+    if cfg.late_train_size is not None:  # fail now, not at the curriculum's switch
+        data.train.with_size(cfg.late_train_size, name="training.late_train_size")
     bar = _progress_bar(cfg, state, master_process)
     report = _ProgressReport(total, cfg.log_every, enabled=master_process and bar.disable)
     elapsed_before, t_start = state.elapsed_s, time.perf_counter()
     t_window = t_start
     progress = run_progress(state.step, total, elapsed_before, cfg.max_minutes)
+    crop_size, batches = None, iter(())
     net.train()
-    for images, masks in loader:
-        if progress >= 1.0:  # the wall-time budget ran out (a resumed run that was done)
+    while progress < 1.0:  # (a resumed run whose wall-time budget had run out trains no step)
+        if train_size_at(cfg, progress) != crop_size:  # the start, or the curriculum's switch
+            crop_size = train_size_at(cfg, progress)
+            batches = iter(_train_loader(cfg, data, state, rt, ctx, crop_size))
+            if crop_size != cfg.train_size:
+                logger.info(
+                    "Crop-size curriculum: %d px crops from step %d (%.0f%% of the run)",
+                    crop_size,
+                    state.step,
+                    100 * progress,
+                )
+        batch = next(batches, None)
+        if batch is None:
             break
+        images, masks = batch
         if state.stage == 1 and stage2_due(cfg, state.step, progress):
             net = _enter_stage2(cfg, state, model, net, ctx)
         lr = learning_rate(cfg, state.step, progress, state.stage)
@@ -477,11 +497,20 @@ def _finish(
 
 
 def _train_loader(
-    cfg: TrainConfig, data: TrainingData, state: TrainState, rt: Runtime, ctx: ddp.DistContext
+    cfg: TrainConfig,
+    data: TrainingData,
+    state: TrainState,
+    rt: Runtime,
+    ctx: ddp.DistContext,
+    crop_size: int,
 ) -> torch.utils.data.DataLoader:
-    """This rank's batches of the run's sample stream, from the step after ``state.step``."""
+    """This rank's batches of the run's sample stream, from the step after ``state.step``,
+    cropped to ``crop_size`` pixels."""
+    dataset = data.train
+    if crop_size != dataset.size:
+        dataset = dataset.with_size(crop_size, name="training.late_train_size")
     return make_train_loader(
-        data.train,
+        dataset,
         cfg.batch_size,
         start_step=state.step,
         total_steps=cfg.total_steps,
@@ -639,7 +668,7 @@ def _run_info(
         "max_minutes": cfg.max_minutes,
     }
     logger.info(
-        "Training on %s (%s%s), %d parameters, %d+%d steps, batch %d at %dpx; checkpoints in %s",
+        "Training on %s (%s%s), %d parameters, %d+%d steps, batch %d at %dpx%s; checkpoints in %s",
         rt.device,
         rt.precision,
         ", channels_last" if rt.channels_last else "",
@@ -648,6 +677,9 @@ def _run_info(
         cfg.steps_stage2,
         cfg.batch_size,
         cfg.train_size,
+        ""
+        if cfg.late_train_size is None
+        else f" ({cfg.late_train_size}px from {100 * cfg.late_train_size_from:.0f}% of the run)",
         ckpt_dir,
     )
     if ctx.is_distributed:
