@@ -118,8 +118,10 @@ class InpaintingTrainDataset(Dataset):
     def with_size(self, size: int, name: str = "training.train_size") -> InpaintingTrainDataset:
         """The same stream (images, masks, seed, augmentation) with crops of ``size`` pixels.
 
-        Sample ``k`` keeps its image, crop position draw, mask draw and transform; only the
-        crop's size changes. Raises ValueError naming ``name`` when ``size`` exceeds the images.
+        Sample ``k`` keeps its image and its seeded generator ``(seed, k)``; its crop window,
+        mask crop and transform are drawn from that generator at the new size (so they differ
+        from the ``train_size`` draws, and are as reproducible). Shares the image array (no
+        copy). Raises ValueError naming ``name`` when ``size`` exceeds the images.
         """
         self._check_size(int(size), name, *self.images.shape[1:3])
         other = copy.copy(self)
