@@ -270,10 +270,10 @@ def _crop_sizes_seen(monkeypatch) -> list[int]:
     seen: list[int] = []
     step = train_module._train_step
 
-    def recording_step(net, criterion, state, rt, images, masks, lr):
+    def recording_step(net, criterion, state, rt, images, masks, *rest):
         assert images.shape[-2:] == masks.shape[-2:]
         seen.append(int(images.shape[-1]))
-        return step(net, criterion, state, rt, images, masks, lr)
+        return step(net, criterion, state, rt, images, masks, *rest)
 
     monkeypatch.setattr(train_module, "_train_step", recording_step)
     return seen

@@ -8,6 +8,9 @@ to a uint8 image whose valid pixels are the input's, unchanged: only holes are f
 - ``biharmonic``: scikit-image's biharmonic-equation fill; slow (seconds per 256x256 image),
   so the pipeline runs it on a seeded sample of the test set only.
 - ``mean_fill``: every hole pixel takes the image's mean valid colour (per channel), rounded.
+- ``pull_push``: the pull-push interpolation of Gortler et al. 1996
+  (:func:`aerial_inpainting.pconv.pushpull.pull_push_fill`), rounded: the classical fill the
+  prefilled network starts from.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import cv2
 import numpy as np
 from skimage.restoration import inpaint_biharmonic
 
-BASELINES = ("telea", "navier_stokes", "biharmonic", "mean_fill")
+BASELINES = ("telea", "navier_stokes", "biharmonic", "mean_fill", "pull_push")
 
 
 def _check(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -104,6 +107,23 @@ def mean_fill(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return filled
 
 
+def pull_push(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Fill holes by pull-push interpolation (float32, rounded to uint8)."""
+    import torch
+
+    from aerial_inpainting.pconv.pushpull import pull_push_fill
+
+    image, valid = _check(image, mask)
+    if valid.all():
+        return image.copy()
+    with torch.no_grad():
+        rgb = torch.from_numpy(image).permute(2, 0, 1)[None].float()
+        weight = torch.from_numpy(valid)[None, None].float()
+        filled = pull_push_fill(rgb * weight, weight)[0].permute(1, 2, 0)
+    values = filled.round_().clamp_(0, 255).to(torch.uint8).numpy()
+    return _keep_valid(image, values.copy(), valid)
+
+
 RADIUS_PARAMETERS = {"telea": "telea_radius", "navier_stokes": "ns_radius"}
 PARAMETERS_FILE = "conf/base/parameters_evaluate.yml"
 
@@ -122,6 +142,7 @@ def get_baseline(
         "navier_stokes": navier_stokes,
         "biharmonic": biharmonic,
         "mean_fill": mean_fill,
+        "pull_push": pull_push,
     }
     if name not in table:
         raise ValueError(f"Unknown baseline {name!r}; choose from {sorted(table)}")

@@ -34,6 +34,7 @@ METHOD_LABELS = {
     "navier_stokes": "OpenCV Navier-Stokes",
     "biharmonic": "Biharmonic (scikit-image)",
     "mean_fill": "Mean-colour fill",
+    "pull_push": "Pull-push fill",
 }
 
 

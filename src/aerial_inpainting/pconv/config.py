@@ -39,7 +39,7 @@ def _typed(name: str, value: Any, parse) -> Any:
 # The keys of the nested blocks that parameters_training.yml sets (the U-Net's input and
 # output channels are RGB, not parameters).
 _NESTED_KEYS = {
-    "model": ("depth", "base_channels", "max_channels"),
+    "model": ("depth", "base_channels", "max_channels", "prefill"),
     "loss_weights": tuple(f.name for f in dataclasses.fields(LossWeights)),
     "augment": tuple(f.name for f in dataclasses.fields(AugmentConfig)),
 }
@@ -85,6 +85,7 @@ class TrainConfig:
     lr_stage2: float = 5e-5
     lr_schedule: str = "constant"
     warmup_steps: int = 0
+    grad_clip_norm: float | None = None
     ema_decay: float | None = None
     max_minutes: float | None = None
     snapshot_minutes: list[float] = field(default_factory=list)
@@ -169,6 +170,13 @@ class TrainConfig:
             raise ValueError(
                 f"training.ema_decay must be in (0, 1) or null, got {self.ema_decay!r}"
             )
+        clip = self.grad_clip_norm
+        if clip is not None and (
+            isinstance(clip, bool) or not isinstance(clip, int | float) or not clip > 0
+        ):
+            raise ValueError(
+                f"training.grad_clip_norm must be a positive number or null, got {clip!r}"
+            )
         if self.max_minutes is not None and not float(self.max_minutes) > 0:
             raise ValueError(f"training.max_minutes must be > 0 or null, got {self.max_minutes!r}")
         if any(float(m) <= 0 for m in self.snapshot_minutes or []):
@@ -235,6 +243,7 @@ class TrainConfig:
             "lr_stage2": self.lr_stage2,
             **(schedule if self.lr_schedule != "constant" else {}),
             **({"ema_decay": self.ema_decay} if self.ema_decay else {}),
+            **({"grad_clip_norm": self.grad_clip_norm} if self.grad_clip_norm else {}),
             **({"mask_source": self.mask_source} if self.mask_source != "pool" else {}),
             **({"init_weights": self.init_weights} if self.init_weights else {}),
             "loss_weights": self.loss_weights.to_dict(),

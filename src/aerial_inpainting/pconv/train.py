@@ -24,7 +24,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,7 @@ from aerial_inpainting.pconv.checkpoint import (
 )
 from aerial_inpainting.pconv.config import TrainConfig
 from aerial_inpainting.pconv.data import InpaintingTrainDataset, make_train_loader
+from aerial_inpainting.pconv.device_stream import DeviceTrainStream
 from aerial_inpainting.pconv.devices import (
     autocast_dtype,
     resolve_device,
@@ -87,9 +88,12 @@ logger = logging.getLogger(__name__)
 # ------------------------------------------------------------------ inputs, outputs, callbacks
 @dataclass
 class TrainingData:
-    """The training stream and the fixed validation batch (images in [0, 1], masks 1 = valid)."""
+    """The training stream and the fixed validation batch (images in [0, 1], masks 1 = valid).
 
-    train: InpaintingTrainDataset
+    ``train``: samples prepared on the CPU (a DataLoader), or batches drawn on the device.
+    """
+
+    train: InpaintingTrainDataset | DeviceTrainStream
     val_images: torch.Tensor | None = None
     val_masks: torch.Tensor | None = None
     description: dict[str, Any] = field(default_factory=dict)
@@ -420,7 +424,7 @@ def train(
         if state.stage == 1 and stage2_due(cfg, state.step, progress):
             net = _enter_stage2(cfg, state, model, net, ctx)
         lr = learning_rate(cfg, state.step, progress, state.stage)
-        losses = _train_step(net, criterion, state, rt, images, masks, lr)
+        losses = _train_step(net, criterion, state, rt, images, masks, lr, cfg.grad_clip_norm)
         state.step += 1
         state.elapsed_s = elapsed_before + time.perf_counter() - t_start
         if ctx.is_distributed and cfg.max_minutes:  # every rank must stop at the same step
@@ -503,12 +507,16 @@ def _train_loader(
     rt: Runtime,
     ctx: ddp.DistContext,
     crop_size: int,
-) -> torch.utils.data.DataLoader:
+) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
     """This rank's batches of the run's sample stream, from the step after ``state.step``,
     cropped to ``crop_size`` pixels."""
     dataset = data.train
     if crop_size != dataset.size:
         dataset = dataset.with_size(crop_size, name="training.late_train_size")
+    if isinstance(dataset, DeviceTrainStream):  # batches drawn on the device itself
+        return dataset.batches(
+            cfg.batch_size, state.step, cfg.total_steps, rank=ctx.rank, world_size=ctx.world_size
+        )
     return make_train_loader(
         dataset,
         cfg.batch_size,
@@ -567,8 +575,10 @@ def _train_step(
     images: torch.Tensor,
     masks: torch.Tensor,
     lr: float,
+    clip_norm: float | None = None,
 ) -> dict[str, torch.Tensor]:
-    """One optimisation step at learning rate ``lr``; returns the loss terms."""
+    """One optimisation step at learning rate ``lr``, the gradients' global L2 norm clipped to
+    ``clip_norm`` when set (``torch.nn.utils.clip_grad_norm_``); returns the loss terms."""
     for group in state.optimizer.param_groups:
         group["lr"] = lr
     images = images.to(rt.device, non_blocking=True).contiguous(memory_format=rt.memory_format)
@@ -578,6 +588,9 @@ def _train_step(
         losses = criterion(output.float(), images, masks)
     state.optimizer.zero_grad(set_to_none=True)
     state.scaler.scale(losses["total"]).backward()
+    if clip_norm:
+        state.scaler.unscale_(state.optimizer)  # clip the true gradients (a no-op without fp16)
+        torch.nn.utils.clip_grad_norm_(net.parameters(), clip_norm)
     state.scaler.step(state.optimizer)
     state.scaler.update()
     if state.ema is not None:

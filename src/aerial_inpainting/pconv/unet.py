@@ -7,6 +7,14 @@ skip connection's features and mask (the two masks travel as two single-channel 
 partial convolution, BatchNorm, LeakyReLU(0.2). The last decoder layer concatenates with the input
 image and its mask and has a bias, no BatchNorm and no activation. With the defaults (depth 7,
 64..512 channels) this is the paper's 256x256 network.
+
+``prefill="pushpull"`` (beyond the paper) starts the network from a classical fill: the holes
+are first filled by :func:`~aerial_inpainting.pconv.pushpull.pull_push_fill`, the U-Net sees
+that pre-filled image plus the mask as a fourth channel (every pixel then holds data, so its
+partial convolutions see an all-valid mask and act as convolutions whose zero padding is
+renormalised), and it predicts a correction added to the pre-fill. The last layer starts at
+zero, so an untrained network returns the pull-push fill exactly and training spends every
+step on what that fill gets wrong.
 """
 
 from __future__ import annotations
@@ -21,28 +29,51 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm  # also matches SyncBatchNorm
 
 from aerial_inpainting.pconv.partial_conv import PartialConv2d
+from aerial_inpainting.pconv.pushpull import pull_push_fill
+
+PREFILLS = ("none", "pushpull")
 
 
 @dataclass
 class UNetConfig:
-    """Shape of a :class:`PConvUNet`; stored with the weights so a model file rebuilds itself."""
+    """Shape of a :class:`PConvUNet`; stored with the weights so a model file rebuilds itself.
+
+    ``prefill``: ``"none"`` (the paper) or ``"pushpull"`` (start from a pull-push fill and
+    predict a correction; see the module docstring).
+    """
 
     in_channels: int = 3
     out_channels: int = 3
     depth: int = 7
     base_channels: int = 64
     max_channels: int = 512
+    prefill: str = "none"
 
     def __post_init__(self) -> None:
         for item in fields(self):
             value = getattr(self, item.name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if item.name == "prefill":
+                if value not in PREFILLS:
+                    raise ValueError(
+                        f"UNetConfig.prefill must be one of {list(PREFILLS)}, got {value!r}"
+                    )
+            elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(
                     f"UNetConfig.{item.name} must be a positive integer, got {value!r}"
                 )
+        if self.prefill != "none" and self.in_channels != self.out_channels:
+            raise ValueError(
+                "UNetConfig: a prefilled network corrects its input image, so in_channels "
+                f"({self.in_channels}) must equal out_channels ({self.out_channels})"
+            )
 
-    def to_dict(self) -> dict[str, int]:
-        return asdict(self)
+    def to_dict(self) -> dict[str, int | str]:
+        """The fields as a plain dict; ``prefill`` only when set (so model files and
+        checkpoint fingerprints of the paper's network stay what they were)."""
+        data = asdict(self)
+        if self.prefill == "none":
+            del data["prefill"]
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> UNetConfig:
@@ -50,7 +81,14 @@ class UNetConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"UNetConfig: unknown keys {unknown}; allowed: {sorted(known)}")
-        return cls(**{key: int(value) for key, value in data.items()})
+        return cls(
+            **{key: value if key == "prefill" else int(value) for key, value in data.items()}
+        )
+
+    @property
+    def network_in_channels(self) -> int:
+        """Channels the first convolution reads: the image, plus the mask when prefilled."""
+        return self.in_channels + (1 if self.prefill != "none" else 0)
 
     def encoder_channels(self) -> list[int]:
         return [min(self.base_channels * 2**i, self.max_channels) for i in range(self.depth)]
@@ -71,7 +109,7 @@ class PConvUNet(nn.Module):
 
         self.enc_convs = nn.ModuleList()
         self.enc_norms = nn.ModuleList()
-        in_ch = cfg.in_channels
+        in_ch = cfg.network_in_channels
         for i, out_ch in enumerate(channels):
             first = i == 0
             self.enc_convs.append(
@@ -81,7 +119,7 @@ class PConvUNet(nn.Module):
             in_ch = out_ch
 
         # Decoder layer j (0 = bottom) upsamples level depth-j and joins the skip at depth-j-1.
-        skip_channels = [cfg.in_channels, *channels[:-1]]
+        skip_channels = [cfg.network_in_channels, *channels[:-1]]
         self.dec_convs = nn.ModuleList()
         self.dec_norms = nn.ModuleList()
         self.dec_sources: list[tuple[int, int]] = []
@@ -95,6 +133,9 @@ class PConvUNet(nn.Module):
             self.dec_sources.append((up_ch, skip_ch))
             up_ch = out_ch
 
+        if cfg.prefill != "none":  # an untrained network returns the pre-fill exactly
+            nn.init.zeros_(self.dec_convs[-1].weight)
+            nn.init.zeros_(self.dec_convs[-1].bias)
         self._encoder_bn_frozen = False
 
     # ------------------------------------------------------------------ checks
@@ -157,11 +198,29 @@ class PConvUNet(nn.Module):
 
         The mask is 1 where the output is a prediction and 0 where no valid pixel lies within
         the network's reach: there the output is exactly 0 (the partial convolution's default),
-        not a prediction. Inference uses it to fill such pixels in further passes.
+        not a prediction. Inference uses it to fill such pixels in further passes. A prefilled
+        network predicts every pixel of an image that has at least one valid pixel.
         """
         self._check_inputs(image, mask)
+        mask = mask.to(image.dtype) if not mask.is_floating_point() else mask
+        if self.config.prefill != "none":
+            return self._forward_prefilled(image, mask)
+        return self._unet(image, mask)
+
+    def _forward_prefilled(
+        self, image: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """pre-fill + U-Net(cat(pre-fill, mask)) under an all-valid mask."""
+        filled = pull_push_fill(image, mask).to(image.dtype)
+        everywhere = torch.ones_like(mask)
+        correction, _ = self._unet(torch.cat([filled, mask.to(image.dtype)], dim=1), everywhere)
+        reached = (mask.flatten(1).amax(dim=1) > 0).to(mask.dtype).view(-1, 1, 1, 1)
+        return filled + correction, reached.expand_as(mask)
+
+    def _unet(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The partial-convolution U-Net itself on ``image`` under ``mask``."""
         features = [image]
-        masks = [mask.to(image.dtype) if not mask.is_floating_point() else mask]
+        masks = [mask]
         x, m = features[0], masks[0]
         for i, (conv, norm) in enumerate(zip(self.enc_convs, self.enc_norms, strict=True)):
             x, m = conv(x, m)

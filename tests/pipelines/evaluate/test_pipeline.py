@@ -105,7 +105,14 @@ def test_nodes_score_the_model_and_every_baseline_against_skimage() -> None:
     per_image = nodes.compute_metrics(images, eval_set, eval_masks, outputs, PARAMS)
     assert list(per_image.columns) == nodes.PER_IMAGE_COLUMNS
     counts = per_image["method"].value_counts().to_dict()
-    assert counts == {"model": 8, "telea": 8, "navier_stokes": 8, "biharmonic": 3, "mean_fill": 8}
+    assert counts == {
+        "model": 8,
+        "telea": 8,
+        "navier_stokes": 8,
+        "biharmonic": 3,
+        "mean_fill": 8,
+        "pull_push": 8,
+    }
     assert per_image.loc[per_image.method != "model", "ssim_raw"].isna().all()
 
     # The model's numbers against scikit-image on the composite, computed here from scratch.
@@ -202,7 +209,7 @@ def test_evaluate_pipeline_end_to_end(kedro_project: Path, capsys: pytest.Captur
     per_image = pd.read_csv(
         next((reporting / "evaluation_per_image.csv").iterdir()) / "evaluation_per_image.csv"
     )
-    assert len(per_image) == 8 * 4 + 3
+    assert len(per_image) == 8 * 5 + 3  # model, telea, navier_stokes, mean_fill, pull_push + 3
     # Rows scored in the worker processes line up with their images (reference: skimage).
     telea = per_image[per_image.method == "telea"].set_index("mask_id")
     for _, r in index.iterrows():

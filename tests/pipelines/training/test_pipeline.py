@@ -163,7 +163,12 @@ def test_gpu_environment_runs_a_few_steps_on_the_cpu(project, monkeypatch):
     ):
         mp.chdir(project)
         params = session.load_context().params["training"]
-        assert params["model"] == {"depth": 7, "base_channels": 64, "max_channels": 512}
+        assert params["model"] == {
+            "depth": 7,
+            "base_channels": 64,
+            "max_channels": 512,
+            "prefill": "none",
+        }
         assert params["checkpoint_dir"] == "data/06_models/checkpoints_gpu"
         session.run(pipeline_names=["training"])
     _end_leftover_mlflow_runs()
