@@ -27,6 +27,25 @@ BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
 RESULTS_DIR = BENCH_DIR / "results"
 
+# The test files whose ``device``-parametrised tests make the CUDA subset (``pytest -m cuda``).
+# Listed rather than collected from tests/: a lent GPU machine has no Kedro or MLflow, which
+# other test modules import; none of these needs either (tests/benchmarks checks that).
+CUDA_TEST_FILES = tuple(
+    f"tests/pconv/test_{name}.py"
+    for name in (
+        "partial_conv",
+        "unet",
+        "loss",
+        "checkpoint",
+        "train",
+        "pushpull",
+        "prefill",
+        "device_stream",
+    )
+)
+# Left out on the GPU machine: the tests that download ImageNet weights (it has no network).
+CUDA_TEST_DESELECT = "not imagenet"
+
 
 def setup_torch(threads: int | None = None) -> int:
     """Use every core the process may run on (or ``threads``); returns the thread count."""

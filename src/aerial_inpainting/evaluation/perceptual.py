@@ -32,17 +32,21 @@ MIN_SIZE = {"alex": 31, "vgg": 16}
 """Smallest image side each backbone accepts (AlexNet's strided convolutions and pools)."""
 
 
-def build_lpips(net: str = "alex") -> Any:
+def build_lpips(net: str = "alex", backbone_state: dict[str, torch.Tensor] | None = None) -> Any:
     """The reference ``lpips.LPIPS`` (v0.1, linear heads) with the converted ImageNet backbone.
 
-    ``net``: ``"alex"`` (the usual headline) or ``"vgg"``. Eval mode, no gradients. Raises
-    ``ValueError`` for another net, ``FileNotFoundError`` when the converted weights are absent
-    (the message names ``aerial-inpainting weights fetch``) and ``pretrained.WeightsError`` when
-    they fail their checksum. Downloads nothing.
+    ``net``: ``"alex"`` (the usual headline) or ``"vgg"``. ``backbone_state``: the backbone's
+    ``features.<index>.weight|bias`` tensors when they come from elsewhere (the GPU bundle
+    carries them in half precision); default: the converted, checksummed file. Eval mode, no
+    gradients. Raises ``ValueError`` for another net, ``FileNotFoundError`` when the converted
+    weights are absent (the message names ``aerial-inpainting weights fetch``) and
+    ``pretrained.WeightsError`` when they fail their checksum. Downloads nothing.
     """
     if net not in LPIPS_NETS:
         raise ValueError(f"LPIPS network must be one of {sorted(LPIPS_NETS)}, got {net!r}")
-    state = pretrained.load_converted(LPIPS_NETS[net])
+    state = (
+        backbone_state if backbone_state is not None else pretrained.load_converted(LPIPS_NETS[net])
+    )
     import lpips
 
     with warnings.catch_warnings():  # torchvision's notice about the legacy `pretrained=False`
@@ -51,7 +55,7 @@ def build_lpips(net: str = "alex") -> Any:
     backbone = {}
     for name, _ in model.net.named_parameters():  # slice<k>.<features index>.<weight|bias>
         _, index, kind = name.split(".")
-        backbone[name] = state[f"features.{index}.{kind}"]
+        backbone[name] = state[f"features.{index}.{kind}"].float()
     model.net.load_state_dict(backbone)
     model.eval()
     for param in model.parameters():
@@ -67,9 +71,14 @@ class LPIPSScorer:
     float64 LPIPS between two such feature lists (lower = more alike; 0 for identical images).
     """
 
-    def __init__(self, net: str = "alex", batch_size: int = 16) -> None:
+    def __init__(
+        self,
+        net: str = "alex",
+        batch_size: int = 16,
+        backbone_state: dict[str, torch.Tensor] | None = None,
+    ) -> None:
         self.net = net
-        self.model = build_lpips(net)
+        self.model = build_lpips(net, backbone_state)
         self.batch_size = max(1, int(batch_size))
 
     @torch.inference_mode()

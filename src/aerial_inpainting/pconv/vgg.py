@@ -134,6 +134,17 @@ def _load_state_into_features(state: dict[str, torch.Tensor]) -> nn.Sequential:
     return features
 
 
+def _read_state(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from a ``.safetensors`` file or a ``torch.save`` file of tensors (read with
+    ``weights_only=True``); neither runs code from the file. Half-precision tensors are loaded
+    into the float32 network (``load_state_dict`` casts them)."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def _imagenet_features() -> tuple[nn.Sequential, str]:
     """torchvision's IMAGENET1K_V1 weights and where they came from, trying in order:
 
@@ -192,7 +203,8 @@ def build_vgg16_features(
     and ``"vgg_error"`` when a fallback was taken.
 
     ``weights``: ``"imagenet"`` (torchvision cache, then the converted file of
-    ``aerial-inpainting weights fetch``, then torchvision's download), a path to a state_dict file,
+    ``aerial-inpainting weights fetch``, then torchvision's download), a path to a state_dict file
+    (``.safetensors``, or a ``torch.save`` file of tensors),
     ``"random"`` (seeded random init, on purpose) or ``"none"`` (no extractor, on purpose).
     ``offline_fallback`` (``"random"``, ``"disable"``, ``"error"``) applies when the weights
     cannot be obtained.
@@ -220,8 +232,7 @@ def build_vgg16_features(
             path = Path(choice)
             if not path.is_file():
                 raise FileNotFoundError(f"VGG-16 weights file {path} does not exist")
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            features, label = _load_state_into_features(state), f"file:{path}"
+            features, label = _load_state_into_features(_read_state(path)), f"file:{path}"
         return VGG16FeatureExtractor(features, pool_layers), {"vgg_weights": label, **extra}
     except Exception as error:  # any failure to get the weights goes to the fallback
         reason = f"{type(error).__name__}: {error}"
