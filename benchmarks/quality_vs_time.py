@@ -52,16 +52,18 @@ def paired_margins(per_image: pd.DataFrame) -> dict[str, Any]:
     model = per_image[per_image.method == "model"].set_index("mask_id")
     telea = per_image[per_image.method == "telea"].set_index("mask_id").loc[model.index]
     out: dict[str, Any] = {"n_images": len(model)}
-    for key in ("psnr", "ssim"):
+    keys = [k for k in ("psnr", "ssim", "lpips") if k in model and model[k].notna().any()]
+    for key in keys:
         diff = (model[key] - telea[key]).dropna()
+        sign = -1 if key == "lpips" else 1  # LPIPS: lower is better
         out[f"model_{key}"] = float(model[key].mean())
         out[f"telea_{key}"] = float(telea[key].mean())
         out[f"margin_{key}"] = float(diff.mean())
         out[f"margin_{key}_se"] = float(diff.std(ddof=1) / np.sqrt(len(diff)))
-        out[f"won_{key}"] = float((diff > 0).mean())
-    frame = model.assign(d_psnr=model.psnr - telea.psnr, d_ssim=model.ssim - telea.ssim)
+        out[f"won_{key}"] = float((sign * diff > 0).mean())
+    frame = model.assign(**{f"d_{k}": model[k] - telea[k] for k in keys})
     out["by_bucket"] = {
-        bucket: {"margin_psnr": float(g.d_psnr.mean()), "margin_ssim": float(g.d_ssim.mean())}
+        bucket: {f"margin_{k}": float(g[f"d_{k}"].mean()) for k in keys}
         for bucket, g in frame.groupby("bucket")
     }
     return out
@@ -136,7 +138,13 @@ def score_snapshots(
             f"{row['minutes']:6.1f} min (step {row['step']}): PSNR {row['model_psnr']:.2f} vs "
             f"Telea {row['telea_psnr']:.2f} ({row['margin_psnr']:+.2f} ± {row['margin_psnr_se']:.2f} dB), "
             f"SSIM {row['model_ssim']:.4f} vs {row['telea_ssim']:.4f} "
-            f"({row['margin_ssim']:+.4f} ± {row['margin_ssim_se']:.4f})",
+            f"({row['margin_ssim']:+.4f} ± {row['margin_ssim_se']:.4f})"
+            + (
+                f", LPIPS {row['model_lpips']:.4f} vs {row['telea_lpips']:.4f} "
+                f"({row['margin_lpips']:+.4f} ± {row['margin_lpips_se']:.4f})"
+                if "model_lpips" in row
+                else ""
+            ),
             flush=True,
         )
         rows.append(row)

@@ -69,3 +69,29 @@ def test_pretrained_swap_replaces_the_model_entry_without_a_warning(caplog) -> N
     assert hook.source is not None and hook.source.startswith("pretrained:")
     assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == []
     assert any("evaluate.model=pretrained: using the" in r.getMessage() for r in caplog.records)
+
+
+def test_a_model_file_path_selects_that_file_read_only(tmp_path, model_file) -> None:
+    from kedro.io import DataCatalog, DatasetError, MemoryDataset
+    from kedro.pipeline import Pipeline
+
+    from aerial_inpainting.datasets import ModelFileDataset
+    from aerial_inpainting.hooks import PretrainedModelHook
+
+    params = {"evaluate": {"model": str(model_file)}}
+    chosen = choose_model_source([EVALUATE], params, False, _never_called)
+    assert chosen == f"evaluate.model={model_file}"
+    with pytest.raises(ValueError, match=r"evaluate\.model: .*no such file"):
+        missing = {"evaluate": {"model": str(tmp_path / "nope.safetensors")}}
+        choose_model_source([EVALUATE], missing, False, _never_called)
+    with pytest.raises(ValueError, match="also trains a model"):
+        choose_model_source([EVALUATE], params, True, _never_called)
+
+    catalog = DataCatalog({"model": MemoryDataset("trained"), "parameters": MemoryDataset(params)})
+    hook = PretrainedModelHook()
+    hook.before_pipeline_run({}, Pipeline([EVALUATE]), catalog)
+    dataset = catalog.get("model")
+    assert isinstance(dataset, ModelFileDataset) and hook.source == f"file:{model_file}"
+    assert dataset.load().config.depth == 3  # conftest's tiny model
+    with pytest.raises(DatasetError, match="read-only"):
+        dataset.save(object())

@@ -368,6 +368,32 @@ class PretrainedModelDataset(AbstractDataset[None, Any]):
         return {"name": self._name, "load_args": self._load_args}
 
 
+class ModelFileDataset(AbstractDataset[None, Any]):
+    """One model file named by its path (``evaluate.model=<path>``), read-only.
+
+    Loads :func:`aerial_inpainting.pconv.checkpoint.load_model` (safetensors, or a checkpoint
+    read with ``weights_only=True``: no code from the file runs). Saving is refused.
+    """
+
+    def __init__(self, filepath: str, metadata: dict[str, Any] | None = None):
+        self._filepath = Path(filepath)
+        self.metadata = metadata
+
+    def load(self) -> Any:
+        from aerial_inpainting.pconv.checkpoint import load_model
+
+        return load_model(self._filepath)
+
+    def save(self, data: Any) -> None:
+        raise DatasetError(f"{self._filepath}: a model file chosen by its path is read-only")
+
+    def _exists(self) -> bool:
+        return self._filepath.is_file()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": str(self._filepath)}
+
+
 # ============================================================================ evaluate
 
 

@@ -235,7 +235,7 @@ class PretrainedModelHook:
     ``trained``: the catalog's ``model`` (the latest model ``kedro run`` saved); ``pretrained``:
     the model shipped with the package (catalog ``pretrained_model``, ``MODEL_CARD.md``);
     ``auto``: the trained model when there is one (or the run trains one), else the
-    pretrained one. For a run that selects ``pretrained``, the catalog's ``model`` entry is
+    pretrained one; a path: that model file (e.g. one a GPU run returned), read-only. For a run that selects ``pretrained``, the catalog's ``model`` entry is
     replaced by the read-only pretrained dataset before any node runs, so the trained model
     is never opened; the MLflow run gets the tag ``model_source``.
     """
@@ -255,14 +255,28 @@ class PretrainedModelHook:
         if chosen is None:
             self.source = "trained"
             return
-        from aerial_inpainting.datasets import PretrainedModelDataset
+        from aerial_inpainting.datasets import ModelFileDataset, PretrainedModelDataset
         from aerial_inpainting.pretrained_model import DEFAULT_NAME, describe_pretrained
 
+        target = chosen.split("=", 1)[1]
+        if target != "pretrained":  # a model file named by its path
+            dataset = ModelFileDataset(filepath=target)
+            self._swap(catalog, dataset)
+            self.source = f"file:{target}"
+            logger.info("%s: using the model file %s", chosen.split("=", 1)[0], target)
+            return
         dataset = catalog.get("pretrained_model") if "pretrained_model" in catalog else None
         if dataset is None:  # a catalog without the entry (it is declared in conf/base)
             dataset = PretrainedModelDataset(name=DEFAULT_NAME)
-        # The replacement is the point (logged below); Kedro's own "Replacing dataset" warning
-        # would only repeat it as a warning.
+        self._swap(catalog, dataset)
+        name = getattr(dataset, "_name", DEFAULT_NAME)
+        self.source = f"pretrained:{name}"
+        logger.info("%s: using the %s", chosen, describe_pretrained(name))
+
+    @staticmethod
+    def _swap(catalog, dataset) -> None:
+        """The catalog's ``model`` becomes ``dataset``. The replacement is the point (logged
+        by the caller); Kedro's own "Replacing dataset" warning would only repeat it."""
         catalog_logger = logging.getLogger("kedro.io.data_catalog")
         level = catalog_logger.level
         catalog_logger.setLevel(logging.ERROR)
@@ -270,9 +284,6 @@ class PretrainedModelHook:
             catalog["model"] = dataset
         finally:
             catalog_logger.setLevel(level)
-        name = getattr(dataset, "_name", DEFAULT_NAME)
-        self.source = f"pretrained:{name}"
-        logger.info("%s: using the %s", chosen, describe_pretrained(name))
 
     @hook_impl
     def before_node_run(self, node: Node) -> None:
@@ -287,15 +298,32 @@ class PretrainedModelHook:
             logger.warning("Could not record model_source=%s in MLflow: %s", self.source, exc)
 
 
+def _model_value(section: str, raw: Any) -> str:
+    """``trained``, ``pretrained``, ``auto``, or the absolute path of an existing model file."""
+    value = str(raw).strip()
+    if value.lower() in MODEL_CHOICES:
+        return value.lower()
+    from aerial_inpainting.project_paths import resolve_in_project
+
+    path = Path(resolve_in_project(value))
+    if path.is_file():
+        return str(path)
+    raise ValueError(
+        f"{section}.model: expected one of {', '.join(MODEL_CHOICES)} or the path of a model "
+        f"file, got {value!r} (no such file: {path})"
+    )
+
+
 def choose_model_source(users, parameters, trains: bool, trained_exists) -> str | None:
-    """The parameter that selects the pretrained model for this run (e.g.
-    ``"evaluate.model=pretrained"``), or None when the run uses the trained ``model``.
+    """The parameter that selects another model than the trained one for this run (e.g.
+    ``"evaluate.model=pretrained"``, or ``"evaluate.model=/abs/path/model.safetensors"`` for a
+    model file), or None when the run uses the trained ``model``.
 
     ``users``: the run's nodes reading ``model`` (their tag, ``evaluate`` or ``inpaint``,
     names the parameter section); ``trains``: the run also writes ``model``;
     ``trained_exists``: a callable saying whether a trained model is saved. Raises
-    ValueError for an unknown value, for ``pretrained`` in a run that trains, and for two
-    sections asking for different models in one run.
+    ValueError for an unknown value (neither a choice nor an existing file), for another
+    model in a run that trains, and for two sections asking for different models in one run.
     """
     resolved: dict[str, str] = {}
     for node in users:
@@ -303,27 +331,25 @@ def choose_model_source(users, parameters, trains: bool, trained_exists) -> str 
         if section is None:
             resolved[f"{node.name} (untagged)"] = "trained"
             continue
-        value = str((parameters.get(section) or {}).get("model", "trained")).strip().lower()
-        if value not in MODEL_CHOICES:
-            raise ValueError(
-                f"{section}.model: expected one of {', '.join(MODEL_CHOICES)}, got {value!r}"
-            )
+        value = _model_value(section, (parameters.get(section) or {}).get("model", "trained"))
         if value == "auto":
             value = "trained" if trains or trained_exists() else "pretrained"
         resolved[f"{section}.model"] = value
-    if "pretrained" not in resolved.values():
+    chosen = sorted({v for v in resolved.values() if v != "trained"})
+    if not chosen:
         return None
-    selectors = sorted(k for k, v in resolved.items() if v == "pretrained")
+    selectors = sorted(k for k, v in resolved.items() if v != "trained")
     if trains:
         raise ValueError(
-            f"{selectors[0]}=pretrained, but this run also trains a model (it writes "
-            "`model`); run the pipeline alone, e.g. `kedro run --pipelines=evaluate "
+            f"{selectors[0]}={resolved[selectors[0]]}, but this run also trains a model (it "
+            "writes `model`); run the pipeline alone, e.g. `kedro run --pipelines=evaluate "
             "--params evaluate.model=pretrained`"
         )
-    others = sorted(k for k, v in resolved.items() if v != "pretrained")
+    others = sorted(k for k, v in resolved.items() if v != resolved[selectors[0]])
     if others:
         raise ValueError(
-            f"{selectors[0]}=pretrained but {others[0]} uses the trained model, in one run: "
-            "run the pipelines separately or choose the same model"
+            f"{selectors[0]}={resolved[selectors[0]]} but {others[0]} uses "
+            f"{'the trained model' if resolved[others[0]] == 'trained' else resolved[others[0]]}"
+            ", in one run: run the pipelines separately or choose the same model"
         )
-    return f"{selectors[0]}=pretrained"
+    return f"{selectors[0]}={resolved[selectors[0]]}"

@@ -116,7 +116,8 @@ class EvaluateParams(Parameters):
 
     model_config = _config("evaluate", "conf/base/parameters_evaluate.yml")
 
-    model: Literal["trained", "pretrained", "auto"]
+    # trained | pretrained | auto, or a model file's path (checked by the PretrainedModelHook)
+    model: Literal["trained", "pretrained", "auto"] | str
     seed: int
     device: str
     autocast: bool
