@@ -146,3 +146,34 @@ def test_the_device_run_rehearsed_on_the_cpu_without_kedro_or_mlflow(
     prefilled = load_model(out / "model-pushpull.safetensors")
     assert prefilled.config.prefill == "pushpull" and prefilled.extra["arm"] == "pushpull"
     assert load_model(out / "model-none.safetensors").config.prefill == "none"
+
+    # The shipping step: the returned model and the shipped one through the evaluate pipeline
+    # of the project, then the rule of benchmarks/gpu/ship.py on the two per-image tables.
+    tables = {}
+    for name, model in (
+        ("candidate", out / "model-pushpull.safetensors"),
+        ("shipped", "pretrained"),
+    ):
+        params = {
+            "model": str(model),
+            "biharmonic_sample": 2,
+            "num_workers": 1,
+            "lpips_net": "alex",
+        }
+        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{project / 'mlflow.db'}"
+        try:
+            run_pipeline(project, "evaluate", {"evaluate": params})
+        finally:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        newest = sorted((project / "data/08_reporting/evaluation_per_image.csv").iterdir())[-1]
+        tables[name] = newest / "evaluation_per_image.csv"
+    ship = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "benchmarks/gpu/ship.py"), str(tables["candidate"]),
+         str(tables["shipped"]), "--out", str(tmp_path / "ship.json")],
+        capture_output=True,
+        text=True,
+    )  # fmt: skip
+    assert ship.returncode in (0, 1), ship.stderr
+    decision = json.loads((tmp_path / "ship.json").read_text())
+    assert set(decision["telea"]) == set(decision["shipped"]) == {"psnr", "ssim", "lpips"}
+    assert ("ships:" in ship.stdout) == decision["ships"] == (ship.returncode == 0)
