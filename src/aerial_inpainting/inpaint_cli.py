@@ -504,7 +504,8 @@ class _mlflow_tracking_uri:
 
 
 def load_trained_model(path: Path, pretrained: bool = False):
-    """Load a model file, or raise CliError (missing, corrupt, or not a model).
+    """Load a model file, or raise CliError (missing, corrupt, not a model, or declaring a
+    network that is absurd or does not fit its stored tensors): one line naming the file.
 
     ``pretrained``: ``path`` is the shipped model, loaded by
     :func:`aerial_inpainting.pretrained_model.load_pretrained` (checksum verified).
@@ -524,9 +525,10 @@ def load_trained_model(path: Path, pretrained: bool = False):
             warnings.simplefilter("always", FutureWarning)
             model = load_model(path, map_location="cpu")
     except UnsafeModelFileError as exc:
-        raise CliError(str(exc)) from exc
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError, EOFError) as exc:
-        raise CliError(f"model {path}: cannot be loaded ({exc})") from exc
+        raise CliError(_one_line(str(exc))) from exc
+    except Exception as exc:  # any failure (MemoryError included) is one line naming the file
+        reason = _one_line(str(exc)) or type(exc).__name__
+        raise CliError(f"model {path}: cannot be loaded ({reason})") from exc
     for warning in caught:
         warnings.warn(str(warning.message), FutureWarning, stacklevel=2)
     return model
@@ -923,6 +925,11 @@ def write_report(path: Path, rows: list[dict]) -> None:
         raise CliError(f"report {path}: cannot write ({exc})") from exc
 
 
+def _one_line(text: str) -> str:
+    """``text`` with its line breaks and runs of blanks collapsed to single spaces."""
+    return " ".join(text.split())
+
+
 def _say(args: argparse.Namespace, message: str) -> None:
     if not args.quiet:
         print(f"aerial-inpaint: {message}", file=sys.stderr)
@@ -961,7 +968,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             return run(args)
         except CliError as exc:
-            print(f"aerial-inpaint: error: {exc}", file=sys.stderr)
+            print(f"aerial-inpaint: error: {_one_line(str(exc))}", file=sys.stderr)
             return EXIT_ERROR
         except KeyboardInterrupt:
             print("aerial-inpaint: interrupted", file=sys.stderr)
