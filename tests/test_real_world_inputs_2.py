@@ -9,11 +9,13 @@ fill of a grey image is the ITU-R 601 luma of a colour the test model is built t
 from __future__ import annotations
 
 import json
+import os
 import resource
 import time
 from pathlib import Path
 
 import numpy as np
+import PIL.Image
 import pytest
 import torch
 from PIL import Image
@@ -61,6 +63,195 @@ def snapshot(folder: Path) -> dict[str, bytes]:
     return {
         str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
     }
+
+
+# ------------------------------------------------------------------ F30 outputs vs inputs
+@pytest.fixture
+def f30_pair(tmp_path: Path) -> tuple[Path, Path]:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    colour = np.random.default_rng(30).integers(1, 255, (24, 32, 3), dtype=np.uint8)
+    Image.fromarray(colour).save(folder / "img.png")
+    Image.fromarray(hole_mask(24, 32, (6, 6, 14, 20))).save(folder / "mask.png")
+    return folder / "img.png", folder / "mask.png"
+
+
+@pytest.mark.parametrize(
+    ("target", "needle"),
+    [
+        ("mask", "mask"),
+        ("image", "image"),
+        ("image-dotted", "image"),
+        ("image-symlink", "image"),
+        ("mask-hardlink", "mask"),
+    ],
+)
+def test_f30_out_naming_an_input_is_refused_before_anything_is_written(
+    tmp_path, f30_pair, model_file, capsys, monkeypatch, target, needle
+):
+    image, mask = f30_pair
+    folder = image.parent
+    if target == "image-symlink":
+        (folder / "link.png").symlink_to(image.name)
+    if target == "mask-hardlink":
+        os.link(mask, folder / "hard.png")
+    before = snapshot(folder)
+    out = {
+        "mask": mask,
+        "image": image,
+        "image-dotted": folder / ".." / folder.name / "." / image.name,
+        "image-symlink": folder / "link.png",
+        "mask-hardlink": folder / "hard.png",
+    }[target]
+    monkeypatch.chdir(tmp_path)
+    code, err = run_cli(capsys, [image, mask, "-o", out, "--model", model_file])
+    assert one_line_error(code, err, needle, out.name), err
+    assert snapshot(folder) == before  # inputs byte for byte, and no new or partial file
+
+
+@pytest.mark.parametrize("target", ["masks", "images", "masks-symlink"])
+def test_f30_output_dir_that_is_an_input_folder_is_refused(tmp_path, model_file, capsys, target):
+    images, masks = tmp_path / "in", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    for stem in "ab":
+        pixels = np.random.default_rng(ord(stem)).integers(1, 255, (24, 32, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(images / f"{stem}.jpg", quality=95)
+        Image.fromarray(hole_mask(24, 32, (6, 6, 14, 20))).save(masks / f"{stem}.png")
+    (tmp_path / "masklink").symlink_to(masks)
+    output_dir = {"masks": masks, "images": images, "masks-symlink": tmp_path / "masklink"}
+    before = snapshot(tmp_path)
+    code, err = run_cli(
+        capsys,
+        [
+            "--input-dir",
+            images,
+            "--mask-dir",
+            masks,
+            "--output-dir",
+            output_dir[target],
+            "--overwrite",
+            "--model",
+            model_file,
+        ],
+    )
+    assert one_line_error(code, err, "--output-dir", "mask" if "mask" in target else "image")
+    assert snapshot(tmp_path) == before
+
+
+def test_f30_report_naming_an_input_is_refused(tmp_path, model_file, capsys):
+    images, masks = tmp_path / "in", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    Image.fromarray(np.full((16, 16, 3), 90, np.uint8)).save(images / "a.png")
+    Image.fromarray(hole_mask(16, 16, (4, 4, 8, 8))).save(masks / "a.png")
+    before = snapshot(tmp_path)
+    code, err = run_cli(
+        capsys,
+        [
+            *("--input-dir", images, "--mask-dir", masks, "--output-dir", tmp_path / "out"),
+            *("--report", masks / "a.png", "--model", model_file),
+        ],
+    )
+    assert one_line_error(code, err, "--report", "mask")
+    assert snapshot(tmp_path) == before
+
+
+def test_f30_failed_write_keeps_the_previous_output(
+    tmp_path, f30_pair, model_file, capsys, monkeypatch
+):
+    image, mask = f30_pair
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    previous = out_dir / "prev.png"
+    Image.fromarray(np.zeros((24, 32, 3), np.uint8)).save(previous)
+    before = snapshot(out_dir)
+
+    def failing_save(self, fp, *args, **kwargs):
+        with open(fp, "wb") as handle:
+            handle.write(b"\x89PNG\r\n\x1a\n partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(PIL.Image.Image, "save", failing_save)
+    code, err = run_cli(capsys, [image, mask, "-o", previous, "--model", model_file])
+    assert one_line_error(code, err, "cannot write", "prev.png"), err
+    assert snapshot(out_dir) == before  # old bytes kept, no temporary file left
+
+
+def test_f30_existing_out_is_replaced_whole_keeping_its_permissions(
+    tmp_path, f30_pair, model_file, capsys
+):
+    image, mask = f30_pair
+    out = tmp_path / "out" / "result.png"
+    out.parent.mkdir()
+    out.write_bytes(b"old content")
+    out.chmod(0o640)
+    code, err = run_cli(capsys, [image, mask, "-o", out, "--model", model_file])
+    assert code == 0, err
+    assert sorted(p.name for p in out.parent.iterdir()) == ["result.png"]
+    assert oct(out.stat().st_mode & 0o777) == oct(0o640)
+    with Image.open(out) as result:
+        assert result.size == (32, 24)
+        keep = np.asarray(Image.open(mask)) == 255
+        np.testing.assert_array_equal(np.asarray(result)[keep], np.asarray(Image.open(image))[keep])
+
+
+def _geotiff(path: Path, bands: np.ndarray) -> Path:
+    rasterio = pytest.importorskip("rasterio")
+    from rasterio.transform import from_origin
+
+    count, height, width = bands.shape
+    with rasterio.open(
+        path, "w", driver="GTiff", width=width, height=height, count=count, dtype="uint8",
+        crs="EPSG:32633", transform=from_origin(500000.0, 5600000.0, 0.5, 0.5), nodata=0,
+    ) as dst:  # fmt: skip
+        dst.write(bands)
+    return path
+
+
+def test_f30_geotiff_to_png_failed_copy_keeps_the_previous_output(
+    tmp_path, model_file, capsys, monkeypatch
+):
+    rasterio_shutil = pytest.importorskip("rasterio.shutil")
+    bands = np.random.default_rng(3).integers(1, 255, (3, 32, 32), dtype=np.uint8)
+    bands[:, 8:16, 8:16] = 0  # nodata hole
+    source = _geotiff(tmp_path / "ortho.tif", bands)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    (out_dir / "ortho.png").write_bytes(b"previous result")
+    before = snapshot(out_dir)
+
+    def failing_copy(src, dst, **kwargs):
+        Path(dst).write_bytes(b"\x89PNG partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(rasterio_shutil, "copy", failing_copy)
+    code, err = run_cli(capsys, [source, "-o", out_dir / "ortho.png", "--model", model_file])
+    assert one_line_error(code, err, "cannot write", "ortho.png"), err
+    assert snapshot(out_dir) == before
+
+
+def test_f30_geotiff_out_naming_the_image_is_refused(tmp_path, model_file, capsys):
+    bands = np.random.default_rng(4).integers(1, 255, (3, 32, 32), dtype=np.uint8)
+    bands[:, 8:16, 8:16] = 0
+    source = _geotiff(tmp_path / "ortho.tif", bands)
+    before = snapshot(tmp_path)
+    code, err = run_cli(capsys, [source, "-o", source, "--model", model_file])
+    assert one_line_error(code, err, "image", "ortho.tif"), err
+    assert snapshot(tmp_path) == before
+
+
+def test_f30_raster_writer_refuses_its_input_as_output(tmp_path, tiny_model):
+    from aerial_inpainting.geotiff import inpaint_raster
+    from aerial_inpainting.inference import InpaintingInputError
+
+    bands = np.random.default_rng(5).integers(1, 255, (3, 32, 32), dtype=np.uint8)
+    bands[:, 8:16, 8:16] = 0
+    source = _geotiff(tmp_path / "ortho.tif", bands)
+    before = source.read_bytes()
+    with pytest.raises(InpaintingInputError, match="is the image file"):
+        inpaint_raster(tiny_model, source, tmp_path / "." / "ortho.tif")
+    assert source.read_bytes() == before
 
 
 # ------------------------------------------------------------------ F31 absurd model files
