@@ -21,10 +21,31 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+from aerial_inpainting.inference import inpaint_image
 from aerial_inpainting.inpaint_cli import main
 from aerial_inpainting.pconv import unet as unet_module
 from aerial_inpainting.pconv.checkpoint import MODEL_FORMAT, load_model, save_model
 from aerial_inpainting.pconv.unet import PConvUNet, UNetConfig
+
+# The test model predicts this colour in every hole pixel it reaches (bias / 255 per channel).
+COLOUR = np.array([51, 102, 204], dtype=np.uint8)
+# round(0.299 * 51 + 0.587 * 102 + 0.114 * 204) = round(98.379)
+COLOUR_LUMA = 98
+
+
+def colour_unet(depth: int = 3) -> PConvUNet:
+    """A real U-Net whose last layer predicts exactly COLOUR wherever it is reached."""
+    model = PConvUNet(UNetConfig(depth=depth, base_channels=4, max_channels=8))
+    last = model.dec_convs[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor(COLOUR / 255.0, dtype=torch.float32))
+    return model.eval()
+
+
+@pytest.fixture
+def colour_model_file(tmp_path: Path) -> Path:
+    return save_model(tmp_path / "models" / "colour.safetensors", colour_unet())
 
 
 def grey_texture(height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -63,6 +84,89 @@ def snapshot(folder: Path) -> dict[str, bytes]:
     return {
         str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
     }
+
+
+# ------------------------------------------------------------------ F29 greyscale
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_f29_grey_photo_comes_back_grey(tmp_path, colour_model_file, capsys, suffix):
+    grey = grey_texture(32, 40, seed=29)
+    mask = hole_mask(32, 40, (10, 12, 20, 26))
+    Image.fromarray(grey, "L").save(tmp_path / "bw.png")
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    out = tmp_path / f"out{suffix}"
+    code, err = run_cli(
+        capsys,
+        [tmp_path / "bw.png", tmp_path / "mask.png", "-o", out, "--model", colour_model_file],
+    )
+    assert code == 0, err
+    with Image.open(out) as result:
+        assert result.mode == "L"
+        values = np.asarray(result)
+    keep = mask == 255
+    np.testing.assert_array_equal(values[keep], grey[keep])
+    assert (values[~keep] == COLOUR_LUMA).all()
+
+
+def test_f29_grey_with_alpha_keeps_its_alpha(tmp_path, colour_model_file, capsys):
+    grey = grey_texture(32, 40, seed=30)
+    alpha = np.full_like(grey, 255)
+    alpha[:, 30:] = 100  # half-transparent edge: kept as is
+    alpha[:, :4] = 0  # transparent film edge: no-data, filled and made opaque
+    Image.fromarray(np.dstack([grey, alpha]), "LA").save(tmp_path / "bw_la.png")
+    mask = hole_mask(32, 40, (10, 12, 20, 26))
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    out = tmp_path / "out.png"
+    code, err = run_cli(
+        capsys,
+        [tmp_path / "bw_la.png", tmp_path / "mask.png", "-o", out, "--model", colour_model_file],
+    )
+    assert code == 0, err
+    with Image.open(out) as result:
+        assert result.mode == "LA"
+        values = np.asarray(result)
+    keep = (mask == 255) & (alpha > 0)
+    np.testing.assert_array_equal(values[keep], np.dstack([grey, alpha])[keep])
+    assert (values[~keep] == [COLOUR_LUMA, 255]).all()
+
+
+def test_f29_grey_stored_as_rgb_gets_a_grey_fill_and_colour_keeps_colour(
+    tmp_path, colour_model_file, capsys
+):
+    grey = grey_texture(32, 40, seed=31)
+    mask = hole_mask(32, 40, (8, 8, 24, 30))
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    Image.fromarray(np.dstack([grey] * 3), "RGB").save(tmp_path / "grey_rgb.png")
+    colour = np.random.default_rng(1).integers(1, 255, (32, 40, 3), dtype=np.uint8)
+    Image.fromarray(colour, "RGB").save(tmp_path / "colour.png")
+    for name in ("grey_rgb", "colour"):
+        code, err = run_cli(
+            capsys,
+            [
+                tmp_path / f"{name}.png",
+                tmp_path / "mask.png",
+                "-o",
+                tmp_path / f"{name}_out.png",
+                "--model",
+                colour_model_file,
+            ],
+        )
+        assert code == 0, err
+    with Image.open(tmp_path / "grey_rgb_out.png") as result:
+        assert result.mode == "RGB"
+        values = np.asarray(result)
+    hole = mask == 0
+    assert (values[hole] == COLOUR_LUMA).all()
+    np.testing.assert_array_equal(values[~hole], np.dstack([grey] * 3)[~hole])
+    with Image.open(tmp_path / "colour_out.png") as result:  # control: the model is coloured
+        assert (np.asarray(result)[hole] == COLOUR).all()
+
+
+def test_f29_library_fill_of_a_grey_array_is_grey():
+    grey = grey_texture(16, 24, seed=2)
+    mask = hole_mask(16, 24, (4, 4, 12, 12))
+    out = inpaint_image(colour_unet(), grey, mask)
+    assert (out[mask == 0] == COLOUR_LUMA).all()
+    np.testing.assert_array_equal(out[mask == 255], np.dstack([grey] * 3)[mask == 255])
 
 
 # ------------------------------------------------------------------ F30 outputs vs inputs

@@ -49,7 +49,8 @@ are holes, in the mask and in the image; the image's alpha is kept in OUT (fille
 become opaque). Any image size works; large images are processed in tiles, and every
 hole pixel gets a prediction, however far from the hole's edge. Valid pixels of OUT are
 exactly those of IMAGE: OUT must be a lossless format (PNG, TIFF, BMP, WEBP written
-lossless); JPEG and GIF are refused unless --allow-lossy is given.
+lossless); JPEG and GIF are refused unless --allow-lossy is given. A greyscale IMAGE (L, or
+LA with alpha) gives a greyscale OUT (the fill is the luma of the network's prediction).
 OUT may not be IMAGE or MASK (nor a link to them); an existing OUT is replaced only once
 the new file is complete.
 
@@ -624,7 +625,7 @@ def inpaint_pair(
     refused before anything is read (:func:`check_not_an_input`); the result replaces an
     existing ``output_path`` atomically (:func:`write_image`).
     """
-    from aerial_inpainting.inference import compose_output
+    from aerial_inpainting.inference import as_stored, compose_output
 
     say = say or (lambda message: _say(args, message))
     check_not_an_input(output_path, {"image": image_path, "mask": mask_path})
@@ -641,7 +642,7 @@ def inpaint_pair(
         say(f"warning: {note}")
     height, width = inputs.rgb.shape[:2]
     if inputs.valid.all():
-        write_image(output_path, compose_output(inputs, inputs.rgb))
+        write_image(output_path, as_stored(inputs, compose_output(inputs, inputs.rgb)))
         say(
             f"{mask_path}: mask has no hole (no black pixel), nothing to do; "
             f"{output_path} is an unchanged copy of {image_path}"
@@ -656,7 +657,7 @@ def inpaint_pair(
     suffix = Path(output_path).suffix.lower()
     if suffix in LOSSY_SUFFIXES:
         say(f"warning: {LOSSY_SUFFIXES[suffix]}: the valid pixels of OUT will differ")
-    write_image(output_path, result)
+    write_image(output_path, as_stored(inputs, result))
     return PairOutcome("inpainted", inputs.hole_ratio, list(inputs.notes), width, height)
 
 
