@@ -463,3 +463,28 @@ def test_f31_valid_model_files_still_load_exactly(tmp_path, prefill):
     assert loaded.config == config
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        MemoryError(),
+        RuntimeError("Error(s) in loading state_dict:\n\tsize mismatch\n\tmore"),
+        OSError(5, "I/O error"),
+    ],
+)
+def test_f31_any_loading_failure_is_one_line_naming_the_file(
+    tmp_path, f31_pair, model_file, capsys, monkeypatch, error
+):
+    from aerial_inpainting.pconv import checkpoint
+
+    def failing_load(path, map_location="cpu"):
+        raise error
+
+    monkeypatch.setattr(checkpoint, "load_model", failing_load)
+    image, mask = f31_pair
+    out = tmp_path / "out.png"
+    code, err = run_cli(capsys, [image, mask, "-o", out, "--model", model_file])
+    assert one_line_error(code, err, model_file.name, "cannot be loaded"), err
+    assert len([line for line in err.splitlines() if line.strip()]) == 1
+    assert not out.exists()

@@ -566,7 +566,8 @@ def load_trained_model(path: Path, pretrained: bool = False):
         raise CliError(_one_line(str(exc))) from exc
     except Exception as exc:  # any failure (MemoryError included) is one line naming the file
         reason = _one_line(str(exc)) or type(exc).__name__
-        raise CliError(f"model {path}: cannot be loaded ({reason})") from exc
+        reason = reason.removeprefix(f"{path}: ")  # the loader's messages name the file too
+        raise CliError(f"model {path}: cannot be loaded: {reason}") from exc
     for warning in caught:
         warnings.warn(str(warning.message), FutureWarning, stacklevel=2)
     return model
