@@ -488,3 +488,14 @@ def test_f31_any_loading_failure_is_one_line_naming_the_file(
     assert one_line_error(code, err, model_file.name, "cannot be loaded"), err
     assert len([line for line in err.splitlines() if line.strip()]) == 1
     assert not out.exists()
+
+
+def test_f31_extra_information_that_is_not_an_object_is_dropped(tmp_path, tiny_model):
+    metadata = {
+        "format": MODEL_FORMAT,
+        "config": json.dumps(tiny_model.config.to_dict()),
+        "extra": "[1, 2]",
+    }
+    tensors = {k: v.contiguous() for k, v in tiny_model.state_dict().items()}
+    save_file(tensors, str(tmp_path / "m.safetensors"), metadata=metadata)
+    assert load_model(tmp_path / "m.safetensors").extra == {}

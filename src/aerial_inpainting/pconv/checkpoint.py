@@ -202,7 +202,7 @@ def load_model(
         raise ValueError(
             f"{path}: model config and weights do not fit together ({reason})"
         ) from exc
-    model.extra = dict(extra or {})  # type: ignore[attr-defined]
+    model.extra = dict(extra) if isinstance(extra, Mapping) else {}  # type: ignore[attr-defined]
     return model.eval()
 
 
