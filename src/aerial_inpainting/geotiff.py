@@ -357,7 +357,9 @@ def inpaint_raster(
     GDAL, line by line). ``window_size``: side of the largest read (None: the whole raster
     in one window); ``halo``: context on each side of a core, half of it blended with the
     neighbours (None: :func:`default_halo`). Raises :class:`InpaintingInputError` for bad
-    input (dtype, sizes, no valid pixel), :class:`GeoDependencyError` without rasterio.
+    input (dtype, sizes, no valid pixel, ``output_path`` naming the image or the mask),
+    :class:`GeoDependencyError` without rasterio. The output is written under a temporary
+    name and replaces ``output_path`` only when complete.
     """
     rasterio = require_rasterio(f"image {image_path}")
 
@@ -368,6 +370,14 @@ def inpaint_raster(
             f"output {output_path}: rasters processed in windows are written as .tif "
             "(GeoTIFF) or .png"
         )
+    from aerial_inpainting.output_files import same_file
+
+    for what, path in (("image", image_path), ("mask", mask_path)):
+        if path is not None and same_file(output_path, path):
+            raise InpaintingInputError(
+                f"output {output_path} is the {what} file {path}: refusing to write over an "
+                "input; choose another output"
+            )
     multiple = model_multiple(model)
     with contextlib.ExitStack() as stack:
         stack.enter_context(_quiet_rasterio())
@@ -498,16 +508,29 @@ def _write_windows(
 
 
 def _finish_output(tmp_tif: Path, output_path: Path, src: Any) -> None:
-    """Move the finished GeoTIFF to ``output_path``, or copy it to PNG there (GDAL)."""
+    """Move the finished GeoTIFF to ``output_path``, or copy it to PNG there (GDAL).
+
+    Both are atomic: the PNG is written under a temporary name in the output's folder and
+    then replaces ``output_path`` (:func:`aerial_inpainting.output_files.atomic_output`), so
+    a failed copy leaves an existing output as it was. GDAL's ``.aux.xml`` sidecar (the
+    georeferencing of a PNG) follows the PNG; a plain picture gets none.
+    """
     if output_path.suffix.lower() != ".png":
         os.replace(tmp_tif, output_path)
         return
     from rasterio.shutil import copy as gdal_copy
 
-    gdal_copy(tmp_tif, output_path, driver="PNG")
-    aux = output_path.with_name(output_path.name + ".aux.xml")
-    if aux.exists() and src.crs is None:  # a plain picture: no sidecar file
-        aux.unlink()
+    from aerial_inpainting.output_files import atomic_output
+
+    with atomic_output(output_path) as tmp_png:
+        tmp_aux = tmp_png.with_name(tmp_png.name + ".aux.xml")
+        try:
+            gdal_copy(tmp_tif, tmp_png, driver="PNG")
+            aux = output_path.with_name(output_path.name + ".aux.xml")
+            if tmp_aux.exists() and src.crs is not None:
+                os.replace(tmp_aux, aux)
+        finally:
+            tmp_aux.unlink(missing_ok=True)
     tmp_tif.unlink()
 
 

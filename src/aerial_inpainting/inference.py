@@ -269,6 +269,11 @@ class PreparedInputs:
     where the pixel is kept: valid in the mask and not transparent no-data;
     ``mask_hole_ratio``: fraction of holes in the mask alone; ``notes``: warnings for the
     user (non-binary mask thresholded, suspicious hole ratio, transparent no-data).
+    ``grey``: the image is greyscale (R == G == B on every pixel of ``rgb``): the network
+    sees it replicated to RGB and the holes get the luma of its prediction
+    (:func:`compose_output`). ``single_channel``: it was stored with one colour channel (PIL
+    modes 1, L, LA, I, I;16, F; arrays (H, W), (H, W, 1|2)), so :func:`as_stored` gives the
+    result back as (H, W) or (H, W, 2).
     """
 
     rgb: np.ndarray
@@ -276,6 +281,8 @@ class PreparedInputs:
     valid: np.ndarray
     mask_hole_ratio: float
     notes: list[str] = field(default_factory=list)
+    grey: bool = False
+    single_channel: bool = False
 
     @property
     def hole_ratio(self) -> float:
@@ -326,7 +333,21 @@ def prepare_inputs(
                 "filled as holes"
             )
             valid = valid & ~no_data
-    return PreparedInputs(rgb, alpha, valid, mask_hole_ratio, notes)
+    single_channel = _stored_grey(image)
+    grey = single_channel or bool((rgb == rgb[:, :, :1]).all())
+    return PreparedInputs(rgb, alpha, valid, mask_hole_ratio, notes, grey, single_channel)
+
+
+# PIL modes with a single colour channel (grey; LA/La with alpha).
+GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
+
+
+def _stored_grey(image: Any) -> bool:
+    """Whether ``image`` (PIL image or array) holds one colour channel (plus alpha or not)."""
+    if hasattr(image, "mode") and hasattr(image, "convert"):  # PIL image
+        return image.mode in GREY_MODES
+    shape = np.shape(image)
+    return len(shape) == 2 or (len(shape) == 3 and shape[2] in (1, 2))
 
 
 def check_fillable(inputs: PreparedInputs, name: str = "image") -> None:
@@ -342,13 +363,33 @@ def compose_output(inputs: PreparedInputs, filled: np.ndarray) -> np.ndarray:
     """The result: kept pixels from the input, holes from ``filled`` (uint8 (H, W, 3)).
 
     uint8 (H, W, 3), or (H, W, 4) when the image had an alpha channel: the input's alpha on
-    kept pixels, 255 (opaque) on filled ones.
+    kept pixels, 255 (opaque) on filled ones. For a grey image (``inputs.grey``) the holes
+    get the ITU-R 601 luma of ``filled`` (``round(0.299 R + 0.587 G + 0.114 B)``, as the
+    GeoTIFF path writes grey bands) in all three channels, so R == G == B everywhere; see
+    :func:`as_stored` for the single-channel form.
     """
+    if inputs.grey:
+        filled = np.repeat(_luma(np.asarray(filled, dtype=np.uint8))[:, :, None], 3, axis=2)
     rgb = np.where(inputs.valid[:, :, None], inputs.rgb, filled)
     if inputs.alpha is None:
         return rgb
     alpha = np.where(inputs.valid, inputs.alpha, np.uint8(255))
     return np.concatenate([rgb, alpha[:, :, None]], axis=2)
+
+
+def as_stored(inputs: PreparedInputs, result: np.ndarray) -> np.ndarray:
+    """``result`` of :func:`compose_output` with the image's channel layout.
+
+    An image stored with one colour channel (``inputs.single_channel``: grey L, grey + alpha
+    LA, ...) gets back uint8 (H, W), or (H, W, 2) grey + alpha; ``result`` as it is for any
+    other image. Writing this array keeps a grey photograph grey (mode L or LA).
+    """
+    if not inputs.single_channel:
+        return result
+    grey = result[:, :, 0]
+    if result.shape[2] == 4:
+        return np.ascontiguousarray(np.stack([grey, result[:, :, 3]], axis=2))
+    return np.ascontiguousarray(grey)
 
 
 # ------------------------------------------------------------------ geometry

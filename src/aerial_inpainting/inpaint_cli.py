@@ -49,7 +49,10 @@ are holes, in the mask and in the image; the image's alpha is kept in OUT (fille
 become opaque). Any image size works; large images are processed in tiles, and every
 hole pixel gets a prediction, however far from the hole's edge. Valid pixels of OUT are
 exactly those of IMAGE: OUT must be a lossless format (PNG, TIFF, BMP, WEBP written
-lossless); JPEG and GIF are refused unless --allow-lossy is given.
+lossless); JPEG and GIF are refused unless --allow-lossy is given. A greyscale IMAGE (L, or
+LA with alpha) gives a greyscale OUT (the fill is the luma of the network's prediction).
+OUT may not be IMAGE or MASK (nor a link to them); an existing OUT is replaced only once
+the new file is complete.
 
 GeoTIFFs (with the optional extra: pip install -e ".[geo]") are read and written window by
 window, keeping CRS, geotransform, nodata, bands and tags: nodata pixels (and alpha or mask
@@ -265,23 +268,58 @@ def check_output_format(path: str | Path, allow_lossy: bool) -> None:
 
 
 def write_image(path: str | Path, image: np.ndarray) -> None:
-    """Write uint8 (H, W, 3|4) to ``path`` (format from the suffix; PNG when there is none).
+    """Write uint8 ``image`` to ``path`` atomically (format from the suffix; PNG without one).
 
-    WEBP is written in its lossless mode (colour of transparent pixels kept too).
+    ``image``: (H, W) grey, (H, W, 2) grey + alpha, (H, W, 3) RGB or (H, W, 4) RGBA, written
+    in that mode where the format has it (BMP has no grey + alpha: RGBA then; JPEG has no
+    alpha: dropped, only with --allow-lossy). WEBP is written in its lossless mode (colour of
+    transparent pixels kept too). The file is written next to ``path`` under a temporary name
+    and then replaces it (:func:`aerial_inpainting.output_files.atomic_output`): a failed
+    write raises CliError ("cannot write") and leaves an existing ``path`` as it was.
     """
     from PIL import Image
 
+    from aerial_inpainting.output_files import atomic_output
+
     path = Path(path)
-    fmt = None if path.suffix else "PNG"
-    options = {"lossless": True, "exact": True} if path.suffix.lower() == ".webp" else {}
-    picture = Image.fromarray(image)
-    if path.suffix.lower() in (".jpg", ".jpeg") and picture.mode == "RGBA":
-        picture = picture.convert("RGB")  # JPEG has no alpha (only with --allow-lossy)
+    suffix = path.suffix.lower()
+    fmt = Image.registered_extensions().get(suffix) if suffix else "PNG"
+    if fmt is None:
+        raise CliError(f"output {path}: unknown image format {suffix!r} (use .png, .tif, ...)")
+    options = {"lossless": True, "exact": True} if fmt == "WEBP" else {}
+    picture = Image.fromarray(np.ascontiguousarray(image))
+    if fmt == "JPEG" and picture.mode in ("RGBA", "LA"):
+        picture = picture.convert(picture.mode[0])  # JPEG has no alpha (only with --allow-lossy)
+    elif fmt == "BMP" and picture.mode == "LA":
+        picture = picture.convert("RGBA")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        picture.save(path, format=fmt, **options)
-    except (OSError, ValueError, KeyError) as exc:
-        raise CliError(f"output {path}: cannot write ({exc})") from exc
+        with atomic_output(path) as tmp:
+            picture.save(tmp, format=fmt, **options)
+    except Exception as exc:  # OSError (disk full, permissions), Pillow's encoder errors, ...
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise CliError(
+            f"output {path}: cannot write ({reason}); nothing was written, an existing file "
+            "is left as it was"
+        ) from exc
+
+
+def check_not_an_input(output: Path, inputs: dict[str, Path | None]) -> None:
+    """Refuse an OUT that is one of the inputs (``{"image": path, "mask": path}``).
+
+    Paths are compared as files (:func:`aerial_inpainting.output_files.same_file`: symlinks,
+    hard links and relative paths resolved), before anything is read or written. Raises
+    CliError naming both paths. An OUT that is an existing folder is refused too.
+    """
+    from aerial_inpainting.output_files import same_file
+
+    for what, path in inputs.items():
+        if path is not None and same_file(output, path):
+            raise CliError(
+                f"output {output} is the {what} file {path}: refusing to write over an input "
+                "(the result would replace it); choose another OUT"
+            )
+    if output.is_dir():
+        raise CliError(f"output {output}: is a folder; OUT must be a file name")
 
 
 # ------------------------------------------------------------------ model lookup
@@ -504,7 +542,8 @@ class _mlflow_tracking_uri:
 
 
 def load_trained_model(path: Path, pretrained: bool = False):
-    """Load a model file, or raise CliError (missing, corrupt, or not a model).
+    """Load a model file, or raise CliError (missing, corrupt, not a model, or declaring a
+    network that is absurd or does not fit its stored tensors): one line naming the file.
 
     ``pretrained``: ``path`` is the shipped model, loaded by
     :func:`aerial_inpainting.pretrained_model.load_pretrained` (checksum verified).
@@ -524,9 +563,11 @@ def load_trained_model(path: Path, pretrained: bool = False):
             warnings.simplefilter("always", FutureWarning)
             model = load_model(path, map_location="cpu")
     except UnsafeModelFileError as exc:
-        raise CliError(str(exc)) from exc
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError, EOFError) as exc:
-        raise CliError(f"model {path}: cannot be loaded ({exc})") from exc
+        raise CliError(_one_line(str(exc))) from exc
+    except Exception as exc:  # any failure (MemoryError included) is one line naming the file
+        reason = _one_line(str(exc)) or type(exc).__name__
+        reason = reason.removeprefix(f"{path}: ")  # the loader's messages name the file too
+        raise CliError(f"model {path}: cannot be loaded: {reason}") from exc
     for warning in caught:
         warnings.warn(str(warning.message), FutureWarning, stacklevel=2)
     return model
@@ -581,11 +622,14 @@ def inpaint_pair(
     """Inpaint one file pair with the options in ``args``; raise CliError on bad input.
 
     ``mask_path`` None is allowed only for GeoTIFFs whose nodata (or alpha/mask band) marks
-    the holes. Warnings go to ``say``.
+    the holes. Warnings go to ``say``. An ``output_path`` that is the image or the mask is
+    refused before anything is read (:func:`check_not_an_input`); the result replaces an
+    existing ``output_path`` atomically (:func:`write_image`).
     """
-    from aerial_inpainting.inference import compose_output
+    from aerial_inpainting.inference import as_stored, compose_output
 
     say = say or (lambda message: _say(args, message))
+    check_not_an_input(output_path, {"image": image_path, "mask": mask_path})
     check_output_format(output_path, args.allow_lossy)
     geo = _geo_route(args, image_path)
     if geo is not None:
@@ -599,7 +643,7 @@ def inpaint_pair(
         say(f"warning: {note}")
     height, width = inputs.rgb.shape[:2]
     if inputs.valid.all():
-        write_image(output_path, compose_output(inputs, inputs.rgb))
+        write_image(output_path, as_stored(inputs, compose_output(inputs, inputs.rgb)))
         say(
             f"{mask_path}: mask has no hole (no black pixel), nothing to do; "
             f"{output_path} is an unchanged copy of {image_path}"
@@ -614,7 +658,7 @@ def inpaint_pair(
     suffix = Path(output_path).suffix.lower()
     if suffix in LOSSY_SUFFIXES:
         say(f"warning: {LOSSY_SUFFIXES[suffix]}: the valid pixels of OUT will differ")
-    write_image(output_path, result)
+    write_image(output_path, as_stored(inputs, result))
     return PairOutcome("inpainted", inputs.hole_ratio, list(inputs.notes), width, height)
 
 
@@ -763,6 +807,10 @@ def _inpaint_geo(
     except (InpaintingInputError, GeoDependencyError) as exc:
         hint = " (e.g. --threshold 128)" if "not binary" in str(exc) else ""
         raise CliError(f"{exc}{hint}") from exc
+    except OSError as exc:  # the output cannot be written (the previous one is kept)
+        raise CliError(
+            f"output {output_path}: cannot write ({exc}); an existing file is left as it was"
+        ) from exc
     except RuntimeError as exc:
         raise CliError(f"inference failed on {device}: {exc} (try --device cpu)") from exc
     status = "inpainted" if outcome.hole_pixels else "unchanged"
@@ -825,14 +873,48 @@ def output_name(image_path: Path) -> str:
     return image_path.name if suffix in LOSSLESS_SUFFIXES else image_path.stem + ".png"
 
 
+def check_output_dir(output_dir: Path, input_dir: Path, mask_dir: Path | None) -> None:
+    """Refuse an ``--output-dir`` that is the ``--input-dir`` or the ``--mask-dir`` (same
+    folder after resolving symlinks), before anything is read: results would replace the
+    inputs (``a.png``) or the masks (``a.jpg`` gives ``a.png``, the mask's name)."""
+    from aerial_inpainting.output_files import same_file
+
+    folders = {"--input-dir": input_dir, "--mask-dir": mask_dir}
+    for option, folder in folders.items():
+        if folder is not None and same_file(output_dir, folder):
+            kind = "images" if option == "--input-dir" else "masks (a.jpg gives a.png)"
+            raise CliError(
+                f"--output-dir {output_dir} is the {option} {folder}: results would replace "
+                f"the {kind} there; choose another output folder"
+            )
+
+
+def _check_report_path(
+    report_path: Path, images: dict[str, list[Path]], masks: dict[str, list[Path]]
+) -> None:
+    """Refuse a ``--report`` that names one of the input images or masks."""
+    from aerial_inpainting.output_files import same_file
+
+    for what, listing in (("image", images), ("mask", masks)):
+        for path in (p for paths in listing.values() for p in paths):
+            if same_file(report_path, path):
+                raise CliError(
+                    f"--report {report_path} is the {what} file {path}: refusing to write "
+                    "over an input; choose another report file"
+                )
+
+
 def run_folder(args: argparse.Namespace) -> int:
     """Inpaint every image of ``--input-dir``; write the CSV report; 1 if any pair failed."""
     from tqdm.auto import tqdm
 
     input_dir, output_dir = Path(args.input_dir), Path(args.output_dir)
+    mask_dir = Path(args.mask_dir) if args.mask_dir else None
+    check_output_dir(output_dir, input_dir, mask_dir)
     images = _listing(input_dir, "--input-dir")
-    masks = _listing(Path(args.mask_dir), "--mask-dir") if args.mask_dir else {}
+    masks = _listing(mask_dir, "--mask-dir") if mask_dir is not None else {}
     report_path = Path(args.report) if args.report else output_dir / REPORT_NAME
+    _check_report_path(report_path, images, masks)
     if not images:
         raise CliError(
             f"--input-dir {input_dir}: no image file ({', '.join(sorted(INPUT_SUFFIXES))})"
@@ -912,15 +994,22 @@ def _status(status: str, reason: str, hole_ratio: float | None = None) -> dict:
 
 
 def write_report(path: Path, rows: list[dict]) -> None:
-    """The folder run's CSV report (one row per file; columns :data:`REPORT_COLUMNS`)."""
+    """The folder run's CSV report (one row per file; columns :data:`REPORT_COLUMNS`),
+    replacing ``path`` atomically; CliError when it cannot be written."""
+    from aerial_inpainting.output_files import atomic_output
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w", newline="", encoding="utf-8") as handle:
+        with atomic_output(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
             writer = csv.DictWriter(handle, fieldnames=REPORT_COLUMNS)
             writer.writeheader()
             writer.writerows({key: row.get(key, "") for key in REPORT_COLUMNS} for row in rows)
     except OSError as exc:
         raise CliError(f"report {path}: cannot write ({exc})") from exc
+
+
+def _one_line(text: str) -> str:
+    """``text`` with its line breaks and runs of blanks collapsed to single spaces."""
+    return " ".join(text.split())
 
 
 def _say(args: argparse.Namespace, message: str) -> None:
@@ -961,7 +1050,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             return run(args)
         except CliError as exc:
-            print(f"aerial-inpaint: error: {exc}", file=sys.stderr)
+            print(f"aerial-inpaint: error: {_one_line(str(exc))}", file=sys.stderr)
             return EXIT_ERROR
         except KeyboardInterrupt:
             print("aerial-inpaint: interrupted", file=sys.stderr)

@@ -150,12 +150,15 @@ def load_model(
     (its EMA weights when the run keeps an average, ``training.ema_decay``), and a model file of
     the first format (``*.pt``) when it loads with ``torch.load(weights_only=True)`` (with a
     warning naming the conversion command).
-    No code from the file is ever run. Raises FileNotFoundError (missing file),
-    :class:`UnsafeModelFileError` (a pickle that needs code to be run: the message gives the
-    conversion command) or ValueError (anything else that is not a model file), each naming
-    the file.
+    No code from the file is ever run, and nothing is allocated for the network before the
+    network its config declares has been checked (:func:`checked_config`): depth and channel
+    counts within bounds, and every parameter shape equal to a tensor stored in the file, so
+    a small file cannot make the loader build a huge network. Raises FileNotFoundError
+    (missing file), :class:`UnsafeModelFileError` (a pickle that needs code to be run: the
+    message gives the conversion command) or ValueError (anything else that is not a usable
+    model file), each naming the file.
     """
-    from aerial_inpainting.pconv.unet import PConvUNet, UNetConfig
+    from aerial_inpainting.pconv.unet import PConvUNet
 
     path = Path(path)
     if not path.is_file():
@@ -186,40 +189,118 @@ def load_model(
                 f"{MODEL_FORMAT!r} in a safetensors file)"
             )
         extra = payload.get("extra", {})
+        if not isinstance(state_dict, Mapping):
+            raise ValueError(f"{path}: model file holds no weights (a {type(state_dict)})")
+        config = checked_config(
+            path, config, {k: tuple(getattr(v, "shape", (-1,))) for k, v in state_dict.items()}
+        )
     try:
-        model = PConvUNet(UNetConfig.from_dict(config))
+        model = PConvUNet(config)
         model.load_state_dict(state_dict)
     except (TypeError, KeyError, RuntimeError, ValueError) as exc:
-        raise ValueError(f"{path}: model config and weights do not fit together ({exc})") from exc
-    model.extra = dict(extra or {})  # type: ignore[attr-defined]
+        reason = " ".join(str(exc).split())
+        raise ValueError(
+            f"{path}: model config and weights do not fit together ({reason})"
+        ) from exc
+    model.extra = dict(extra) if isinstance(extra, Mapping) else {}  # type: ignore[attr-defined]
     return model.eval()
+
+
+def checked_config(path: Path, config: Any, stored: Mapping[str, tuple[int, ...]]):
+    """The :class:`~aerial_inpainting.pconv.unet.UNetConfig` of a model file, once checked.
+
+    ``config``: the file's declared config (a JSON mapping); ``stored``: the shapes of the
+    tensors the file holds (key -> shape), read from its header, not loaded. The config must
+    parse, stay within :func:`~aerial_inpainting.pconv.unet.check_config_limits`, and the
+    network it declares (shapes computed on the ``meta`` device, no allocation) must have
+    exactly the stored tensors' keys and shapes. Raises ValueError naming ``path``.
+    """
+    from aerial_inpainting.pconv.unet import (
+        UNetConfig,
+        check_config_limits,
+        declared_state_shapes,
+    )
+
+    try:
+        if not isinstance(config, Mapping):
+            raise TypeError(f"expected a JSON object, got {type(config).__name__}")
+        unet_config = UNetConfig.from_dict(config)
+        check_config_limits(unet_config)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ValueError(f"{path}: model config is not usable: {exc}") from exc
+    declared = declared_state_shapes(unet_config)
+    problem = _shape_mismatch(declared, stored)
+    if problem:
+        raise ValueError(f"{path}: model config and weights do not fit together: {problem}")
+    return unet_config
+
+
+def _shape_mismatch(
+    declared: Mapping[str, tuple[int, ...]], stored: Mapping[str, tuple[int, ...]]
+) -> str:
+    """'' when ``stored`` has exactly ``declared``'s keys and shapes, else what differs."""
+    if dict(declared) == dict(stored):
+        return ""
+
+    def count(shapes: Mapping[str, tuple[int, ...]]) -> int:
+        return sum(int(np.prod(shape, dtype=np.float64)) for shape in shapes.values())
+
+    summary = (
+        f"the config declares {len(declared)} tensors ({count(declared):,} values), the file "
+        f"stores {len(stored)} ({count(stored):,} values)"
+    )
+    missing = [key for key in declared if key not in stored]
+    if missing:
+        return f"{summary}; missing {missing[0]!r} and {len(missing) - 1} more"
+    unexpected = [key for key in stored if key not in declared]
+    if unexpected:
+        return f"{summary}; unexpected {unexpected[0]!r} and {len(unexpected) - 1} more"
+    key = next(k for k in declared if tuple(declared[k]) != tuple(stored[k]))
+    return f"{summary}; {key!r} is declared {declared[key]} but stored {stored[key]}"
 
 
 def _read_safetensors_model(
     path: Path, map_location: str | torch.device
-) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:
+) -> tuple[Any, dict[str, torch.Tensor], dict[str, Any]]:
+    """(checked UNetConfig, state_dict, extra) of a safetensors model file.
+
+    The header (metadata and tensor shapes) is checked by :func:`checked_config` before any
+    tensor is read. Raises ValueError naming ``path``.
+    """
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             metadata = handle.metadata() or {}
-            state_dict = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+            fmt = metadata.get("format")
+            if fmt != MODEL_FORMAT:
+                raise _NotAModel(
+                    f"{path}: not an aerial-inpainting model file (format {fmt!r}, expected "
+                    f"{MODEL_FORMAT!r})"
+                )
+            try:
+                config = json.loads(metadata["config"])
+                extra = json.loads(metadata.get("extra", "{}"))
+            except (KeyError, ValueError, RecursionError) as exc:
+                raise _NotAModel(f"{path}: model file has no readable JSON config ({exc})") from exc
+            keys = list(handle.keys())
+            stored = {key: tuple(handle.get_slice(key).get_shape()) for key in keys}
+            try:
+                config = checked_config(path, config, stored)
+            except ValueError as exc:
+                raise _NotAModel(str(exc)) from exc
+            state_dict = {key: handle.get_tensor(key) for key in keys}
+    except _NotAModel as exc:
+        raise ValueError(str(exc)) from exc
     except Exception as exc:  # safetensors raises its own error types for corrupt files
         raise ValueError(f"{path}: cannot be read as a safetensors file ({exc})") from exc
-    fmt = metadata.get("format")
-    if fmt != MODEL_FORMAT:
-        raise ValueError(
-            f"{path}: not an aerial-inpainting model file (format {fmt!r}, expected "
-            f"{MODEL_FORMAT!r})"
-        )
-    try:
-        config = json.loads(metadata["config"])
-        extra = json.loads(metadata.get("extra", "{}"))
-    except (KeyError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: model file has no readable JSON config ({exc})") from exc
     if str(map_location) != "cpu":
         state_dict = {k: v.to(map_location) for k, v in state_dict.items()}
     return config, state_dict, extra
+
+
+class _NotAModel(Exception):
+    """A readable safetensors file that is not a usable model file (the message says why)."""
 
 
 def _numpy_multiarray():

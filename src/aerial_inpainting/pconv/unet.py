@@ -32,6 +32,11 @@ from aerial_inpainting.pconv.partial_conv import PartialConv2d
 from aerial_inpainting.pconv.pushpull import pull_push_fill
 
 PREFILLS = ("none", "pushpull")
+# What a model file may declare (:func:`check_config_limits`). Depth D pads every input to a
+# multiple of 2**D pixels (D = 10: 1024 px); the paper's network is depth 7, 64..512 channels.
+MAX_DEPTH = 10
+MAX_CHANNELS = 4096
+MAX_IMAGE_CHANNELS = 16
 
 
 @dataclass
@@ -96,6 +101,41 @@ class UNetConfig:
     @staticmethod
     def encoder_kernel(index: int) -> int:
         return 7 if index == 0 else 5 if index in (1, 2) else 3
+
+
+def check_config_limits(config: UNetConfig) -> None:
+    """Raise ValueError unless ``config`` is within what a model file may declare.
+
+    ``depth`` <= :data:`MAX_DEPTH` (inputs are padded to multiples of ``2**depth``),
+    ``base_channels``/``max_channels`` <= :data:`MAX_CHANNELS`, ``in_channels``/
+    ``out_channels`` <= :data:`MAX_IMAGE_CHANNELS`. Checked by the model loader before
+    anything is built; :class:`UNetConfig` itself only requires positive values.
+    """
+    if config.depth > MAX_DEPTH:
+        raise ValueError(
+            f"depth {config.depth} is outside the supported range 1..{MAX_DEPTH} (inputs would "
+            f"be padded to multiples of 2**{config.depth} px)"
+        )
+    for name, limit in (
+        ("base_channels", MAX_CHANNELS),
+        ("max_channels", MAX_CHANNELS),
+        ("in_channels", MAX_IMAGE_CHANNELS),
+        ("out_channels", MAX_IMAGE_CHANNELS),
+    ):
+        value = getattr(config, name)
+        if value > limit:
+            raise ValueError(f"{name} {value} is outside the supported range 1..{limit}")
+
+
+def declared_state_shapes(config: UNetConfig) -> dict[str, tuple[int, ...]]:
+    """The ``state_dict`` of ``PConvUNet(config)``: key -> tensor shape, without allocating.
+
+    The network is built on torch's ``meta`` device (shapes only, no storage), so this costs
+    the same for any size; call :func:`check_config_limits` first to bound its depth.
+    """
+    with torch.device("meta"):
+        model = PConvUNet(config)
+    return {key: tuple(value.shape) for key, value in model.state_dict().items()}
 
 
 class PConvUNet(nn.Module):
