@@ -39,7 +39,8 @@ class MlflowRunHook:
       network size, steps) instead of kedro-mlflow's default, the pipeline name: it is given
       to kedro-mlflow's configuration (``context.mlflow``) before the run starts, unless
       ``mlflow.yml`` names the run (``tracking.run.name``); the data source is added once
-      ingestion has told it;
+      ingestion has told it, and the steps actually trained once ``train_model`` has run
+      (``"219 of 6000 steps, cut short at 6 min"`` when the wall-time budget ended it);
     * the experiment is tagged ``mlflow.experimentKind=custom_model_development``, so the
       MLflow UI opens it in the model-training view;
     * tags ``data_source`` (``real``/``synthetic``) and ``n_images`` after ingestion;
@@ -86,6 +87,9 @@ class MlflowRunHook:
 
     @hook_impl
     def after_node_run(self, node: Node, outputs: dict[str, Any]) -> None:
+        if node.name == "train_model" and "model_metadata" in outputs:
+            self._name_steps_trained(outputs["model_metadata"])
+            return
         if node.name != "ingest_images" or "image_index" not in outputs:
             return
         index = outputs["image_index"]
@@ -98,6 +102,26 @@ class MlflowRunHook:
             self._name_parts["data_source"] = data_source
             tags["mlflow.runName"] = run_name(**self._name_parts)
         _safely("record the data source", _set_tags, run.info.run_id, tags)
+
+    def _name_steps_trained(self, metadata: dict[str, Any]) -> None:
+        """The run's name, now with the steps ``train_model`` trained (its metadata's
+        ``info.final_step``), unless ``mlflow.yml`` named the run."""
+        info = (metadata or {}).get("info") or {}
+        if self._name_parts is None or not self._name_parts.get("training"):
+            return
+        if "final_step" not in info:
+            return
+        run = _active_run()
+        if run is None:
+            return
+        self._name_parts["steps_trained"] = int(info["final_step"])
+        name = run_name(**self._name_parts)
+        _safely(
+            "name the run after the steps trained",
+            _set_tags,
+            run.info.run_id,
+            {"mlflow.runName": name},
+        )
 
     @hook_impl
     def before_node_run(self, node: Node, catalog, inputs: dict[str, Any]) -> None:
@@ -117,13 +141,16 @@ def run_name(
     training: dict[str, Any] | None = None,
     data_source: str | None = None,
     evaluated_model: str | None = None,
+    steps_trained: int | None = None,
 ) -> str:
     """``"training | env gpu | real data | U-Net depth 7, 64-512 ch | 243000 steps, 110 min"``:
     the pipelines (``__default__`` is ``default``), the environment unless ``local``, the
     data source when known, for a run that trains (``training`` = ``params:training``)
     the network and its step budget (and wall-time budget, ``max_minutes``), and for a run
     that evaluates another model than the one just trained, ``evaluate.model``
-    (``"evaluate | real data | pretrained model"``)."""
+    (``"evaluate | real data | pretrained model"``). ``steps_trained``: the steps the run
+    trained, once known; fewer than configured reads ``"219 of 6000 steps, cut short at
+    6 min"`` (``"219 of 6000 steps"`` without a wall-time budget: an interrupted run)."""
     parts = ["+".join("default" if p == "__default__" else p for p in pipelines)]
     if env and env != "local":
         parts.append(f"env {env}")
@@ -135,9 +162,14 @@ def run_name(
             f"U-Net depth {model.get('depth')}, "
             f"{model.get('base_channels')}-{model.get('max_channels')} ch"
         )
-        steps = f"{int(training['steps_stage1']) + int(training['steps_stage2'])} steps"
-        if training.get("max_minutes"):
-            steps += f", {training['max_minutes']:g} min"
+        configured = int(training["steps_stage1"]) + int(training["steps_stage2"])
+        budget = f"{training['max_minutes']:g} min" if training.get("max_minutes") else None
+        if steps_trained is not None and steps_trained < configured:
+            steps = f"{steps_trained} of {configured} steps"
+            if budget:
+                steps += f", cut short at {budget}"
+        else:
+            steps = f"{configured} steps" + (f", {budget}" if budget else "")
         parts.append(steps)
     if evaluated_model:
         parts.append(f"{evaluated_model} model")

@@ -32,7 +32,7 @@ from PIL import Image
 
 from aerial_inpainting.pconv.config import TrainConfig
 from aerial_inpainting.pconv.loss import LOSS_KEYS
-from aerial_inpainting.pconv.train import TrainingCallback
+from aerial_inpainting.pconv.train import TrainingCallback, TrainResult
 from aerial_inpainting.pconv.unet import PConvUNet
 from aerial_inpainting.pconv.validation import ValidationSamples
 
@@ -158,6 +158,36 @@ class MlflowCallback(TrainingCallback):
     ) -> None:
         self._call("log metrics", self._log_batch, metrics=_finite(metrics), step=step)
 
+    def on_train_end(self, result: TrainResult) -> None:
+        """Tags of the steps actually trained (:func:`training_tags`)."""
+        self._call("tag the steps trained", self._log_batch, tags=training_tags(result.info))
+
+
+def training_summary(info: Mapping[str, Any]) -> dict[str, Any]:
+    """How far a finished run got, from its info (:func:`aerial_inpainting.pconv.train.train`):
+    ``steps`` trained, ``steps_configured``, ``cut_short`` (the wall-time budget ended it
+    first), ``max_minutes`` and ``elapsed_minutes``. Saved in the model file's ``extra``
+    (key ``training``), so that whoever evaluates the model can say it is undertrained."""
+    return {
+        "steps": int(info["final_step"]),
+        "steps_configured": int(info["steps_configured"]),
+        "cut_short": bool(info["cut_short"]),
+        "max_minutes": info.get("max_minutes"),
+        "elapsed_minutes": info.get("elapsed_minutes"),
+    }
+
+
+def training_tags(info: Mapping[str, Any]) -> dict[str, str]:
+    """The MLflow tags of the steps a run trained: ``training.steps_trained``,
+    ``training.steps_configured`` and ``training.cut_short`` (``true`` when the wall-time
+    budget ended the run before its configured steps)."""
+    summary = training_summary(info)
+    return {
+        "training.steps_trained": str(summary["steps"]),
+        "training.steps_configured": str(summary["steps_configured"]),
+        "training.cut_short": str(summary["cut_short"]).lower(),
+    }
+
 
 def _finite(metrics: Mapping[str, float]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
@@ -199,18 +229,40 @@ def callbacks_for_active_run(grid_dir: str | Path | None) -> Callable[[], list[T
 
 
 # ------------------------------------------------------------------ figures & descriptions
-def loss_curve_figure(history: pd.DataFrame, steps_stage1: int | None = None):
-    """Loss terms (log scale) and validation PSNR against step, with the stage boundary."""
+def stage2_start(history: pd.DataFrame) -> int | None:
+    """The step after which stage 2 began, from the history's ``stage`` column: the last
+    logged stage-1 step before the first stage-2 row (0 when the history has no stage-1 row),
+    exact when every step is logged, else at most ``log_every - 1`` steps early. None: the
+    run never reached stage 2."""
+    if "stage" not in history or "step" not in history:
+        return None
+    stages = history[["step", "stage"]].dropna().sort_values("step", kind="stable")
+    second = stages.loc[stages["stage"] == 2, "step"]
+    if second.empty:
+        return None
+    first = stages.loc[(stages["stage"] == 1) & (stages["step"] < second.iloc[0]), "step"]
+    return int(first.iloc[-1]) if not first.empty else 0
+
+
+def loss_curve_figure(history: pd.DataFrame, steps_configured: int | None = None):
+    """Loss terms (log scale) and validation PSNR against step, with a line where stage 2
+    began (:func:`stage2_start`) and both x axes spanning the steps trained (0 to the last
+    logged step). ``steps_configured`` (``steps_stage1 + steps_stage2``): when the run
+    stopped before it, the losses' title says so ("cut short: 219 of 6000 steps")."""
     import matplotlib.pyplot as plt
 
     fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(12, 4.5))
     steps = history.get("step", [])
+    last = int(pd.Series(steps).max()) if len(steps) else 0
     for key in LOSS_KEYS:
         col = f"loss_{key}"
         if col in history and history[col].notna().any() and (history[col].fillna(0) > 0).any():
             ax_loss.plot(steps, history[col], label=key, lw=2.5 if key == "total" else 1.2)
     ax_loss.set_yscale("log")
-    ax_loss.set(xlabel="step", ylabel="loss (window mean)", title="Training losses")
+    title = "Training losses"
+    if steps_configured and last < steps_configured:
+        title += f" (cut short: {last} of {steps_configured} steps)"
+    ax_loss.set(xlabel="step", ylabel="loss (window mean)", title=title)
     for col, label in (
         ("val_psnr", "composite PSNR"),
         ("val_psnr_hole", "hole PSNR"),
@@ -220,9 +272,11 @@ def loss_curve_figure(history: pd.DataFrame, steps_stage1: int | None = None):
             sel = history[col].notna()
             ax_val.plot(history.loc[sel, "step"], history.loc[sel, col], marker="o", label=label)
     ax_val.set(xlabel="step", ylabel="dB", title="Validation (fixed test images & masks)")
+    boundary = stage2_start(history)
     for ax in (ax_loss, ax_val):
-        if steps_stage1:
-            ax.axvline(steps_stage1, color="grey", ls="--", lw=1, label="stage 2 starts")
+        if boundary is not None:
+            ax.axvline(boundary, color="grey", ls="--", lw=1, label="stage 2 starts")
+        ax.set_xlim(0, max(last, 1))
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
         ax.grid(alpha=0.3)

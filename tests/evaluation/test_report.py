@@ -78,6 +78,15 @@ def test_headline_markdown_and_mlflow_metrics(per_image: pd.DataFrame) -> None:
     assert text.startswith(expected)
     assert f"{telea.psnr.mean():.2f} ± {telea.psnr.std():.2f} dB" in text
 
+    assert text.endswith(")") and "undertrained" not in text
+    cut_short = {"steps": 219, "steps_configured": 6000, "cut_short": True, "max_minutes": 6}
+    assert report.headline(summary, training=cut_short) == (
+        f"{text} (undertrained: 219 of 6,000 steps in the 6-minute budget; "
+        "see training.max_minutes)"
+    )
+    assert report.headline(summary, training={**cut_short, "cut_short": False}) == text
+    assert report.undertrained_note(None) is None
+
     md = report.summary_markdown(summary, notes=["a note"])
     assert expected in md and "OpenCV Telea" in md and "- a note" in md
     assert "| 0.3-0.4 |" in md and "| Forest |" in md

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from support.training import box_masks, smooth_images
+from support.training import box_masks, smooth_images, steps_take
 
 from aerial_inpainting.pconv import train as T
 from aerial_inpainting.pconv.checkpoint import list_checkpoints
@@ -214,3 +214,59 @@ def test_device_and_precision_choice():
         assert resolve_device("auto").type in ("cpu", "mps")
         with pytest.raises(ValueError, match="CUDA is not available"):
             resolve_device("cuda")
+
+
+# ------------------------------------------------------------------ a run the budget cuts short
+def test_a_run_the_budget_cuts_short_says_so_and_records_the_steps_trained(
+    make_params, monkeypatch, caplog
+):
+    # 6 s per step in a 0.5-minute (30 s) budget: the budget is spent after step 30 / 6 = 5,
+    # long before the 10 + 5 configured steps. Stage 2 is placed at 10/15 of the run's
+    # progress, max(k / 15, 6 k / 30) = k / 5 >= 2/3 first after step k = 4.
+    steps_take(monkeypatch, 6.0)
+    params = make_params(steps_stage1=10, steps_stage2=5, max_minutes=0.5, val_every=0)
+    with caplog.at_level(logging.INFO, logger="aerial_inpainting.pconv.train"):
+        result = _run(params)
+    assert result.info["final_step"] == 5
+    assert result.info["steps_configured"] == 15
+    assert result.info["cut_short"] is True
+    assert result.history["stage"].tolist() == [1, 1, 1, 1, 2]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "cut short by its wall-time budget: 5 of the 15 configured steps (33.3%)" in warnings[0]
+    assert "training.max_minutes=0.5" in warnings[0] and "undertrained" in warnings[0]
+    assert "raise training.max_minutes or lower training.steps_stage1" in warnings[0]
+    # the progress lines: 6 s of 30 s = 20% of the run after step 1 (1/15 = 7% by steps)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
+    assert lines[0].startswith(
+        "step 1/15, 20% of the run by time (0.1 of 0.5 min; the wall-time budget, not the "
+        "steps, ends this run) (stage 1)"
+    )
+    assert lines[-1].startswith("step 5/15, 100% of the run by time (0.5 of 0.5 min;")
+
+
+def test_a_run_that_trains_all_its_steps_is_not_cut_short(make_params, monkeypatch, caplog):
+    # 1 s per step in a 1-minute budget: the 4 + 3 steps end the run (7 s), not the budget.
+    steps_take(monkeypatch, 1.0)
+    with caplog.at_level(logging.INFO, logger="aerial_inpainting.pconv.train"):
+        result = _run(make_params(max_minutes=1, val_every=0))
+    assert result.info["final_step"] == result.info["steps_configured"] == 7
+    assert result.info["cut_short"] is False
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
+    assert lines[-1].startswith("step 7/7, 100% of the run by steps (0.1 of 1 min used)")
+
+
+def test_progress_text_names_what_ends_the_run():
+    assert T.progress_text(30, 600, 90.0, None) == "step 30/600, 5% of the run"
+    assert T.progress_text(10, 6000, 30.0, 6) == (
+        "step 10/6000, 8% of the run by time (0.5 of 6 min; the wall-time budget, not the "
+        "steps, ends this run)"
+    )
+    assert T.progress_text(3000, 6000, 120.0, 6) == (
+        "step 3000/6000, 50% of the run by steps (2.0 of 6 min used)"
+    )
+    assert T.cut_short_by_budget(219, 6000, 360.0, 6)
+    assert not T.cut_short_by_budget(219, 6000, 359.0, 6)  # stopped otherwise (interrupted)
+    assert not T.cut_short_by_budget(6000, 6000, 400.0, 6)
+    assert not T.cut_short_by_budget(219, 6000, 400.0, None)

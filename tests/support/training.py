@@ -105,3 +105,34 @@ def tiny_inputs() -> dict[str, Any]:
         "val_masks": test_masks,
         "val_mask_index": test_mask_index,
     }
+
+
+class _StepClock:
+    """A stand-in for the loop's ``time`` module: the clock moves ``seconds_per_step`` per
+    training step and not otherwise, so a wall-time budget ends the run at a known step."""
+
+    def __init__(self, seconds_per_step: float) -> None:
+        self.now, self.seconds_per_step = 1000.0, seconds_per_step
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def tick(self) -> None:
+        self.now += self.seconds_per_step
+
+
+def steps_take(monkeypatch, seconds: float) -> None:
+    """Every training step of :func:`aerial_inpainting.pconv.train.train` takes ``seconds``
+    of (fake) wall time: a wall-time budget then ends the run at a step known in advance."""
+    from aerial_inpainting.pconv import train as T
+
+    clock = _StepClock(seconds)
+    real_step = T._train_step
+
+    def timed_step(*args, **kwargs):
+        losses = real_step(*args, **kwargs)
+        clock.tick()
+        return losses
+
+    monkeypatch.setattr(T, "time", clock)
+    monkeypatch.setattr(T, "_train_step", timed_step)

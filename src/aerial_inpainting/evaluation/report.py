@@ -8,7 +8,8 @@ Kedro, so notebooks can rebuild any report from the CSV.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -95,8 +96,30 @@ def _lpips_text(row: pd.Series) -> str:
     return f"{mean:.4f} ± {'–' if std is None or math.isnan(std) else f'{std:.4f}'}"
 
 
-def headline(summary: pd.DataFrame, baseline: str = "telea") -> str:
-    """The original design's one-liner for the model, LPIPS added, with a baseline's figures beside it."""
+def undertrained_note(training: Mapping[str, Any] | None) -> str | None:
+    """``"undertrained: 219 of 6,000 steps in the 6-minute budget; see training.max_minutes"``
+    for a model whose training run the wall-time budget cut short, else None.
+
+    ``training``: the run's summary saved in the model file's ``extra["training"]``
+    (:func:`aerial_inpainting.tracking.training_summary`: ``steps``, ``steps_configured``,
+    ``cut_short``, ``max_minutes``); None or a summary without ``cut_short`` (the shipped
+    model, files of older versions) gives None."""
+    if not training or not training.get("cut_short"):
+        return None
+    budget = training.get("max_minutes")
+    where = f" in the {float(budget):g}-minute budget" if budget else ""
+    return (
+        f"undertrained: {int(training['steps']):,} of {int(training['steps_configured']):,} "
+        f"steps{where}; see training.max_minutes"
+    )
+
+
+def headline(
+    summary: pd.DataFrame, baseline: str = "telea", training: Mapping[str, Any] | None = None
+) -> str:
+    """The original design's one-liner for the model, LPIPS added, with a baseline's figures
+    beside it, and ``(undertrained: ...)`` when the model's training run was cut short
+    (``training``: see :func:`undertrained_note`)."""
     model = overall(summary, MODEL)
     if model is None:
         raise ValueError("The summary has no 'model' rows: nothing to report")
@@ -112,6 +135,9 @@ def headline(summary: pd.DataFrame, baseline: str = "telea") -> str:
             f"{base['psnr_mean']:.2f} ± {base['psnr_std']:.2f} dB, "
             f"{base['ssim_mean']:.4f} ± {base['ssim_std']:.4f}, LPIPS {_lpips_text(base)})"
         )
+    note = undertrained_note(training)
+    if note:
+        text += f" ({note})"
     return text
 
 

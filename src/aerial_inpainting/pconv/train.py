@@ -74,10 +74,12 @@ __all__ = [
     "TrainState",
     "TrainingCallback",
     "TrainingData",
+    "cut_short_by_budget",
     "history_frame",
     "init_from_model_file",
     "learning_rate",
     "make_ema",
+    "progress_text",
     "run_progress",
     "train",
 ]
@@ -400,7 +402,9 @@ def train(
     if cfg.late_train_size is not None:  # fail now, not at the curriculum's switch
         data.train.with_size(cfg.late_train_size, name="training.late_train_size")
     bar = _progress_bar(cfg, state, master_process)
-    report = _ProgressReport(total, cfg.log_every, enabled=master_process and bar.disable)
+    report = _ProgressReport(
+        total, cfg.log_every, cfg.max_minutes, enabled=master_process and bar.disable
+    )
     elapsed_before, t_start = state.elapsed_s, time.perf_counter()
     t_window = t_start
     progress = run_progress(state.step, total, elapsed_before, cfg.max_minutes)
@@ -437,7 +441,7 @@ def train(
 
         if _due(state.step, cfg.log_every, done):
             metrics = state.close_window(time.perf_counter() - t_window, ctx.world_size)
-            bar.set_postfix(_bar_postfix(metrics))
+            bar.set_postfix(_bar_postfix(metrics, progress if cfg.max_minutes else None))
             for cb in callbacks:
                 cb.on_log(state.step, metrics)
             report.maybe_log(state, progress, metrics, done)
@@ -454,7 +458,7 @@ def train(
             break
     bar.close()
     del net
-    return _finish(state, info, total, callbacks)
+    return _finish(state, info, cfg, callbacks, master_process)
 
 
 def _start_or_resume(
@@ -486,14 +490,43 @@ def _enter_stage2(
 
 
 def _finish(
-    state: TrainState, info: dict[str, Any], total: int, callbacks: Sequence[TrainingCallback]
+    state: TrainState,
+    info: dict[str, Any],
+    cfg: TrainConfig,
+    callbacks: Sequence[TrainingCallback],
+    master_process: bool = True,
 ) -> TrainResult:
-    """The run's result (EMA or raw weights in eval mode, history, info); ``on_train_end``."""
+    """The run's result (EMA or raw weights in eval mode, history, info); ``on_train_end``.
+
+    ``info`` gets ``final_step`` (the steps trained, a resumed run's earlier ones included),
+    ``steps_configured`` (``steps_stage1 + steps_stage2``), ``elapsed_minutes`` and
+    ``cut_short``: whether the wall-time budget (``max_minutes``) ended the run before the
+    configured steps (:func:`cut_short_by_budget`); the master process then logs a WARNING.
+    """
+    total = cfg.total_steps
     if state.resumed_from is not None and state.resumed_from >= total:
         logger.info(
             "Checkpoint at step %d already covers the %d requested steps", state.resumed_from, total
         )
-    info.update(final_step=state.step, elapsed_minutes=round(state.elapsed_s / 60.0, 3))
+    cut_short = cut_short_by_budget(state.step, total, state.elapsed_s, cfg.max_minutes)
+    info.update(
+        final_step=state.step,
+        steps_configured=total,
+        cut_short=cut_short,
+        elapsed_minutes=round(state.elapsed_s / 60.0, 3),
+    )
+    if cut_short and master_process:
+        logger.warning(
+            "Training was cut short by its wall-time budget: %d of the %d configured steps "
+            "(%.1f%%) in training.max_minutes=%g. The schedule (stage 2, the learning rate's "
+            "decay, the crop sizes) was compressed into the budget, so the model is "
+            "undertrained: raise training.max_minutes or lower training.steps_stage1 and "
+            "training.steps_stage2 to train the whole schedule.",
+            state.step,
+            total,
+            100.0 * state.step / total,
+            cfg.max_minutes,
+        )
     result = TrainResult(state.eval_model.eval(), history_frame(state.history), info)
     for cb in callbacks:
         cb.on_train_end(result)
@@ -706,21 +739,53 @@ def _run_info(
     return info
 
 
-def _bar_postfix(metrics: Mapping[str, float]) -> dict[str, str]:
-    return {
+def cut_short_by_budget(
+    step: int, total_steps: int, elapsed_s: float, max_minutes: float | None
+) -> bool:
+    """Whether the wall-time budget ended (or, resumed, had ended) a run before its steps:
+    ``max_minutes`` is set and spent while fewer than ``total_steps`` steps are done."""
+    budget_spent = bool(max_minutes) and elapsed_s >= 60.0 * float(max_minutes)
+    return budget_spent and step < total_steps
+
+
+def progress_text(step: int, total_steps: int, elapsed_s: float, max_minutes: float | None) -> str:
+    """``"step 10/6000, 8% of the run by time (0.5 of 6 min; the wall-time budget, not the
+    steps, ends this run)"``: where the run is (:func:`run_progress`). Without ``max_minutes``
+    the percentage is the steps'; with it, the share of whichever ends the run first, and
+    the text says which."""
+    progress = run_progress(step, total_steps, elapsed_s, max_minutes)
+    text = f"step {step}/{total_steps}, {100 * progress:.0f}% of the run"
+    if not max_minutes:
+        return text
+    minutes = f"{elapsed_s / 60.0:.1f} of {float(max_minutes):g} min"
+    if elapsed_s / (60.0 * float(max_minutes)) > step / max(total_steps, 1):
+        return f"{text} by time ({minutes}; the wall-time budget, not the steps, ends this run)"
+    return f"{text} by steps ({minutes} used)"
+
+
+def _bar_postfix(metrics: Mapping[str, float], progress: float | None = None) -> dict[str, str]:
+    """The bar's figures; ``progress``: the run's share done when the wall-time budget may end
+    it before the bar's step count does."""
+    postfix = {
         "loss": f"{metrics['loss_total']:.4f}",
         "hole": f"{metrics['loss_hole']:.4f}",
         "valid": f"{metrics['loss_valid']:.4f}",
         "img_s": f"{metrics['images_per_s']:.1f}",
     }
+    if progress is not None:
+        postfix["run"] = f"{100 * progress:.0f}%"
+    return postfix
 
 
 class _ProgressReport:
     """Without a visible progress bar (logs, CI): an INFO line about every 5% of the run (by
-    steps, or by the wall-time budget's progress when ``max_minutes`` ends the run first)."""
+    steps, or by the wall-time budget's progress when ``max_minutes`` ends the run first;
+    :func:`progress_text` says which)."""
 
-    def __init__(self, total: int, log_every: int, enabled: bool) -> None:
-        self.total, self.enabled = total, enabled
+    def __init__(
+        self, total: int, log_every: int, max_minutes: float | None, enabled: bool
+    ) -> None:
+        self.total, self.max_minutes, self.enabled = total, max_minutes, enabled
         self.every = max(1, round(total / 20 / log_every)) * log_every
         self.next = 0.05
 
@@ -733,11 +798,8 @@ class _ProgressReport:
             return
         self.next = math.floor(progress * 20 + 1) / 20
         logger.info(
-            "step %d/%d, %.0f%% of the run (stage %d): loss %.4f (hole %.4f, valid %.4f), "
-            "%.1f images/s",
-            state.step,
-            self.total,
-            100 * progress,
+            "%s (stage %d): loss %.4f (hole %.4f, valid %.4f), %.1f images/s",
+            progress_text(state.step, self.total, state.elapsed_s, self.max_minutes),
             state.stage,
             metrics["loss_total"],
             metrics["loss_hole"],

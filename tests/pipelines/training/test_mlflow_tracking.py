@@ -50,6 +50,16 @@ def test_run_name_says_what_ran():
     )
     no_budget = {**training, "max_minutes": None}
     assert run_name(["data_processing", "training"], None, no_budget).endswith("| 243000 steps")
+    # once trained: the steps it trained, when the budget ended it first
+    assert run_name(["training"], "gpu", training, "real", steps_trained=8123) == (
+        "training | env gpu | real data | U-Net depth 7, 64-512 ch | 8123 of 243000 steps, "
+        "cut short at 110 min"
+    )
+    assert run_name(["training"], "gpu", training, "real", steps_trained=243000).endswith(
+        "| 243000 steps, 110 min"
+    )
+    interrupted = run_name(["training"], None, no_budget, steps_trained=100)
+    assert interrupted.endswith("| 100 of 243000 steps")
 
 
 def test_training_dataset_counts_images_and_tells_data_apart(tmp_path):

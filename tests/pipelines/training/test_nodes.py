@@ -43,7 +43,12 @@ def test_train_model_node_outputs(tiny_inputs, make_params, tmp_path):
     assert sorted(grids) == [f"val_grid_step{s:09d}" for s in (3, 6, 7)]
     grid = grids["val_grid_step000000007"]()
     assert isinstance(grid, Image.Image) and grid.size == (5 * 32 + 4 * 2, 2 * 32 + 2)
-    assert not hasattr(model, "extra")  # no metadata attached to the model object
+    # the model object carries how far its run got, saved in its file (for the headline)
+    assert model.extra == {
+        "training": {"steps": 7, "steps_configured": 7, "cut_short": False,
+                     "max_minutes": metadata["training"]["max_minutes"],
+                     "elapsed_minutes": metadata["info"]["elapsed_minutes"]}
+    }  # fmt: skip
     # the trained model runs on a full-size test image
     out = model(torch.rand(1, 3, 32, 32), torch.ones(1, 1, 32, 32))
     assert out.shape == (1, 3, 32, 32) and torch.isfinite(out).all()

@@ -347,8 +347,15 @@ def plot_evaluation_examples(
     )
 
 
-def report_headline(evaluation_summary: pd.DataFrame) -> None:
-    """Log and print the headline: the model's composite PSNR/SSIM with Telea's beside it."""
-    text = report.headline(evaluation_summary, baseline="telea")
-    logger.info(text)
+def report_headline(evaluation_summary: pd.DataFrame, model: torch.nn.Module) -> None:
+    """Log and print the headline: the model's composite PSNR/SSIM with Telea's beside it,
+    and ``(undertrained: 219 of 6,000 steps in the 6-minute budget; ...)`` when the evaluated
+    model's training run was cut short by its wall-time budget (the summary its file's header
+    holds, ``model.extra["training"]``; a WARNING then)."""
+    training = (getattr(model, "extra", None) or {}).get("training")
+    text = report.headline(evaluation_summary, baseline="telea", training=training)
+    if report.undertrained_note(training):
+        logger.warning(text)
+    else:
+        logger.info(text)
     print(text)

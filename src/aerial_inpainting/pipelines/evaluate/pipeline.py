@@ -104,7 +104,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 ),
                 Node(
                     func=report_headline,
-                    inputs="evaluation_summary",
+                    inputs=["evaluation_summary", "model"],
                     outputs=None,
                     name="report_headline",
                     tags=[TAG],

@@ -37,6 +37,7 @@ from aerial_inpainting.tracking import (
     loss_curve_figure,
     model_metadata,
     read_grids,
+    training_summary,
 )
 
 logger = logging.getLogger(__name__)
@@ -217,13 +218,16 @@ def training_outputs(
     """The node's outputs from a finished run, in the order of the pipeline's outputs
     (shared with the torchrun entry point, :mod:`aerial_inpainting.torchrun_training`):
     model (CPU, eval mode), metadata (:func:`aerial_inpainting.tracking.model_metadata`),
-    history, loss curve, the grids written under ``grid_dir`` and the model again."""
+    history, loss curve, the grids written under ``grid_dir`` and the model again. The
+    model's ``extra`` (saved in its file's header) holds how far the run got
+    (:func:`aerial_inpainting.tracking.training_summary`), for the evaluation's headline."""
     model = result.model.cpu().eval()
+    model.extra = {"training": training_summary(result.info)}  # type: ignore[attr-defined]
     return (
         model,
         model_metadata(model, cfg, result.info),
         result.history,
-        loss_curve_figure(result.history, cfg.steps_stage1),
+        loss_curve_figure(result.history, cfg.total_steps),
         read_grids(grid_dir),
         model,
     )
