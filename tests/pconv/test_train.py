@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -207,8 +208,32 @@ def test_config_errors_name_the_parameter(make_params):
         T.TrainConfig.from_params(make_params(precision="fp8"))
 
 
-def test_device_and_precision_choice():
+def _cpuinfo_flags() -> set[str] | None:
+    """The CPU feature flags Linux reports (an independent reading: the kernel's, not
+    PyTorch's detection); None where there is no /proc/cpuinfo or it lists no flags."""
+    path = Path("/proc/cpuinfo")
+    if not path.exists():
+        return None
+    for line in path.read_text().splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return None
+
+
+def test_auto_precision_on_the_cpu_follows_its_bf16_instructions(monkeypatch):
+    from aerial_inpainting.pconv import devices
+
+    flags = _cpuinfo_flags()
+    if flags is not None:  # x86 Linux: PyTorch's detection agrees with the kernel's flags
+        assert devices.cpu_has_fast_bf16() == bool(flags & {"avx512_bf16", "amx_bf16"})
+    monkeypatch.setattr(devices, "cpu_has_fast_bf16", lambda: True)
+    assert resolve_precision("auto", torch.device("cpu")) == "bf16"
+    monkeypatch.setattr(devices, "cpu_has_fast_bf16", lambda: False)
     assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+    assert resolve_precision("fp32", torch.device("cpu")) == "fp32"  # forcing wins
+
+
+def test_device_and_precision_choice():
     assert resolve_num_workers("auto", torch.device("cpu")) == 0
     if not torch.cuda.is_available():
         assert resolve_device("auto").type in ("cpu", "mps")

@@ -71,12 +71,39 @@ def _rank_device(name: str | torch.device | None, local_rank: int) -> torch.devi
     return device
 
 
+# CPU features with native bfloat16 arithmetic: AVX-512 BF16 (Cooper Lake, Zen 4 and later)
+# and AMX-BF16 (Sapphire Rapids). On a 2-core AVX-512 BF16 CPU, autocast to bfloat16 made a
+# training step 1.2-1.6x faster (README, "What the levers bought"); elsewhere (AVX2 only, ARM)
+# bfloat16 is emulated and slower, so auto keeps float32 there.
+CPU_BF16_FEATURES = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether this machine's CPU has native bfloat16 instructions (:data:`CPU_BF16_FEATURES`),
+    read at run time from PyTorch's CPU feature detection (``torch.cpu.get_capabilities``;
+    older PyTorch: ``torch.cpu._is_avx512_bf16_supported``)."""
+    get_capabilities = getattr(torch.cpu, "get_capabilities", None)
+    if get_capabilities is not None:
+        capabilities = get_capabilities()
+        return any(bool(capabilities.get(name, False)) for name in CPU_BF16_FEATURES)
+    probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    return bool(probe()) if probe is not None else False
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto``: bf16 on CUDA where supported, else fp16 (with a GradScaler); fp32 elsewhere."""
+    """The precision a run trains in: ``fp32``, ``bf16`` or ``fp16``.
+
+    ``auto``: on CUDA bf16 where supported, else fp16 (with a GradScaler); on the CPU bf16
+    where the CPU has native bfloat16 instructions (:func:`cpu_has_fast_bf16`), else fp32;
+    fp32 on MPS. Evaluation and validation always compute in float32.
+    Raises ValueError for bf16/fp16 on a device type without autocast.
+    """
     if precision == "auto":
-        if device.type != "cuda":
-            return "fp32"
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        if device.type == "cpu" and cpu_has_fast_bf16():
+            return "bf16"
+        return "fp32"
     if precision in ("bf16", "fp16") and device.type not in ("cuda", "cpu", "mps"):
         raise ValueError(f"training.precision={precision!r} is not supported on {device}")
     return precision

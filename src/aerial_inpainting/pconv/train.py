@@ -581,7 +581,8 @@ def _validate(
     """Validation by the master process alone, on the unwrapped model (no collectives: the
     other ranks wait for it in the next step's gradient all-reduce)."""
     images, masks = data.val_images.to(rt.device), data.val_masks.to(rt.device)
-    metrics, samples = validate(state.eval_model, images, masks, rt.autocast_dtype, rt.device)
+    # float32 whatever the training precision: the figures are comparable across machines
+    metrics, samples = validate(state.eval_model, images, masks, None, rt.device)
     state.add_validation(metrics)
     logger.info(
         "Step %d validation: PSNR %.2f dB (hole %.2f, mean fill %.2f), SSIM %.4f",
