@@ -209,6 +209,13 @@ def _add_raster_arguments(parser: argparse.ArgumentParser) -> None:
         "windows (default: twice the network's receptive radius, at most a quarter of "
         "--window-size; 224 for the CPU network)",
     )
+    geo.add_argument(
+        "--fill-nodata",
+        choices=("inside", "all"),
+        default="inside",
+        help="inside (default): fill nodata gaps inside the data, leave nodata connected to "
+        "the raster border (a tile's collar) as nodata; all: fill the collar too",
+    )
 
 
 def _positive_int(text: str) -> int:
@@ -267,7 +274,7 @@ def check_output_format(path: str | Path, allow_lossy: bool) -> None:
         )
 
 
-def write_image(path: str | Path, image: np.ndarray) -> None:
+def write_image(path: str | Path, image: np.ndarray, metadata=None) -> None:
     """Write uint8 ``image`` to ``path`` atomically (format from the suffix; PNG without one).
 
     ``image``: (H, W) grey, (H, W, 2) grey + alpha, (H, W, 3) RGB or (H, W, 4) RGBA, written
@@ -276,6 +283,9 @@ def write_image(path: str | Path, image: np.ndarray) -> None:
     transparent pixels kept too). The file is written next to ``path`` under a temporary name
     and then replaces it (:func:`aerial_inpainting.output_files.atomic_output`): a failed
     write raises CliError ("cannot write") and leaves an existing ``path`` as it was.
+    ``metadata``: the input's photo metadata
+    (:func:`aerial_inpainting.imaging.io.read_photo_metadata`: EXIF with Orientation 1, XMP,
+    ICC profile), written where the format holds it.
     """
     from PIL import Image
 
@@ -286,8 +296,11 @@ def write_image(path: str | Path, image: np.ndarray) -> None:
     fmt = Image.registered_extensions().get(suffix) if suffix else "PNG"
     if fmt is None:
         raise CliError(f"output {path}: unknown image format {suffix!r} (use .png, .tif, ...)")
+    from aerial_inpainting.imaging.io import metadata_save_options
+
     options = {"lossless": True, "exact": True} if fmt == "WEBP" else {}
     picture = Image.fromarray(np.ascontiguousarray(image))
+    options.update(metadata_save_options(metadata, fmt, picture.size))
     if fmt == "JPEG" and picture.mode in ("RGBA", "LA"):
         picture = picture.convert(picture.mode[0])  # JPEG has no alpha (only with --allow-lossy)
     elif fmt == "BMP" and picture.mode == "LA":
@@ -638,12 +651,17 @@ def inpaint_pair(
         raise CliError(
             f"image {image_path}: no mask given (only GeoTIFFs with nodata can do without)"
         )
+    from aerial_inpainting.imaging.io import read_photo_metadata
+
     inputs = _read_pair(args, image_path, mask_path)
+    metadata = read_photo_metadata(image_path)
     for note in inputs.notes:
         say(f"warning: {note}")
     height, width = inputs.rgb.shape[:2]
     if inputs.valid.all():
-        write_image(output_path, as_stored(inputs, compose_output(inputs, inputs.rgb)))
+        write_image(
+            output_path, as_stored(inputs, compose_output(inputs, inputs.rgb)), metadata
+        )
         say(
             f"{mask_path}: mask has no hole (no black pixel), nothing to do; "
             f"{output_path} is an unchanged copy of {image_path}"
@@ -658,7 +676,7 @@ def inpaint_pair(
     suffix = Path(output_path).suffix.lower()
     if suffix in LOSSY_SUFFIXES:
         say(f"warning: {LOSSY_SUFFIXES[suffix]}: the valid pixels of OUT will differ")
-    write_image(output_path, as_stored(inputs, result))
+    write_image(output_path, as_stored(inputs, result), metadata)
     return PairOutcome("inpainted", inputs.hole_ratio, list(inputs.notes), width, height)
 
 
@@ -737,9 +755,9 @@ def _geo_route(args: argparse.Namespace, image_path: Path):
     """
     from aerial_inpainting import geotiff
 
-    if geotiff.is_georeferenced_tiff(image_path):
+    if geotiff.is_georeferenced(image_path):  # GeoTIFF tags, or a world file / .aux.xml beside it
         if not geotiff.has_rasterio():
-            raise CliError(f"image {image_path}: is a GeoTIFF; {geotiff.GEO_EXTRA}")
+            raise CliError(f"image {image_path}: is georeferenced; {geotiff.GEO_EXTRA}")
         return _inpaint_geo
     if args.max_image_pixels is not None and geotiff.has_rasterio():
         pixels = _pixel_count(image_path)
@@ -803,6 +821,7 @@ def _inpaint_geo(
             model_label=str(getattr(get_model, "path", "") or ""),
             progress=progress,
             say=say,
+            fill_nodata=args.fill_nodata,
         )
     except (InpaintingInputError, GeoDependencyError) as exc:
         hint = " (e.g. --threshold 128)" if "not binary" in str(exc) else ""
