@@ -4,19 +4,25 @@
 whole, with the same code as every other entry point (:func:`~aerial_inpainting.inference.
 prepare_mask` for masks, :func:`~aerial_inpainting.inference.fill_holes` for the network).
 
-* **Georeferencing is kept**: CRS, geotransform, nodata value, band count, dtype, colour
-  interpretation, band descriptions and dataset tags are copied to the result; the tags
+* **Georeferencing is kept**: CRS, geotransform, GCPs (with their CRS), RPCs, nodata value,
+  band count, dtype, colour interpretation, band descriptions and dataset tags are copied to
+  the result; a world file beside the input (``.tfw``, ``.pgw``, ``.wld``, ...) is read by GDAL
+  and one is written beside the output (``.tfw``/``.pgw``); the tags
   ``INPAINTED=yes``, ``INPAINTING_MODEL``, ``INPAINTING_SOFTWARE``, ``INPAINTING_MASK`` and
   ``INPAINTED_PIXELS`` are added.
 * **Band policy**: every band must be 8-bit (uint8); other dtypes (uint16, float32 DEMs, ...)
-  are refused with a message saying how to convert, never rescaled silently. The first three
-  bands that are not alpha are red, green, blue; a raster with one non-alpha band is
+  are refused with a message saying how to convert, never rescaled silently. Red, green and
+  blue are the bands whose colour interpretation says so (B,G,R,NIR stacks), else the first
+  three bands that are not alpha; a raster with one non-alpha band is
   grey (replicated to RGB for the network, written back as the ITU-R 601 luma of the
   prediction). An alpha band (colour interpretation *alpha*) marks holes where it is 0 and
   is 255 on filled pixels. Every further band (near infrared, ...) is passed through untouched.
 * **Holes**: pixels whose colour bands all equal their nodata value, pixels where the alpha
   band is 0 and pixels the internal mask band marks invalid are holes; a mask file, when
-  given, adds its own holes (it combines with nodata, it does not replace it). A filled pixel
+  given, adds its own holes (it combines with nodata, it does not replace it). No-data
+  connected to the raster's border (the collar around a tile's footprint) is *not* a hole
+  by default: it stays exactly no-data (``fill_nodata="all"`` fills it too). A georeferenced
+  mask must lie on the image's grid (same CRS and transform), else it is refused. A filled pixel
   whose colour would equal the nodata value is moved by one grey level (so it does not read as
   nodata again).
 * **Windows**: the raster is cut into cores of ``window_size - 2 * halo`` pixels; each is
@@ -32,8 +38,12 @@ prepare_mask` for masks, :func:`~aerial_inpainting.inference.fill_holes` for the
   areas) take a filled overview of the whole raster (at most ``max_size`` on its longer side),
   upsampled. Peak memory is that of one window, plus the overview and GDAL's block cache
   (capped at :data:`GDAL_CACHE_MB` unless ``GDAL_CACHEMAX`` is set).
-* Lossy compression of the input (JPEG, WEBP) is not reused for the output: the result is
-  written DEFLATE-compressed so its valid pixels stay bit-identical.
+* **Layout is kept**: compression, predictor, block size and interleaving are the input's;
+  overviews are rebuilt from the filled pixels at the input's factors (average resampling);
+  a Cloud Optimized GeoTIFF gives a COG (GDAL's COG driver). The windows are written to a
+  scratch GeoTIFF that GDAL then copies once into the output, so blocks re-written while
+  blending leave no dead space in it. Lossy compression of the input (JPEG, WEBP) is not
+  reused: the result is written DEFLATE-compressed so its valid pixels stay bit-identical.
 """
 
 from __future__ import annotations
@@ -501,9 +511,10 @@ def inpaint_raster(
     multiple = model_multiple(model)
     with contextlib.ExitStack() as stack:
         stack.enter_context(_quiet_rasterio())
-        # GDAL's block cache would otherwise grow to 5 % of the RAM with the raster's size.
+        # GDAL's block cache would otherwise grow to 5 % of the RAM with the raster's size
+        # (rasterio takes GDAL_CACHEMAX in bytes: 128 would be 128 bytes).
         if "GDAL_CACHEMAX" not in os.environ:
-            stack.enter_context(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB))
+            stack.enter_context(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 1024 * 1024))
         src = _open(rasterio, image_path, "image", stack)
         bands = _band_roles(src, name)
         mask_src = None if mask_path is None else _open_mask(rasterio, src, mask_path, stack)
@@ -513,7 +524,8 @@ def inpaint_raster(
             if reader.collar is not None and reader.collar.any():
                 reader.notes.append(
                     f"{name}: {int(reader.collar.sum())} no-data pixels connected to the raster "
-                    "border (the collar) are left as no-data; --fill-nodata all fills them"
+                    "border (the collar) are left as no-data; --fill-nodata all (pipeline: "
+                    "inpaint.fill_nodata: all) fills them"
                 )
         grid = _window_grid(model, src, window_size, halo, multiple)
         tiling = {"tile_size": tile_size, "overlap": overlap, "max_size": max_size}

@@ -51,12 +51,16 @@ hole pixel gets a prediction, however far from the hole's edge. Valid pixels of 
 exactly those of IMAGE: OUT must be a lossless format (PNG, TIFF, BMP, WEBP written
 lossless); JPEG and GIF are refused unless --allow-lossy is given. A greyscale IMAGE (L, or
 LA with alpha) gives a greyscale OUT (the fill is the luma of the network's prediction).
+OUT keeps IMAGE's EXIF (GPS, camera; Orientation set to 1), XMP and ICC profile.
 OUT may not be IMAGE or MASK (nor a link to them); an existing OUT is replaced only once
 the new file is complete.
 
 GeoTIFFs (with the optional extra: pip install -e ".[geo]") are read and written window by
-window, keeping CRS, geotransform, nodata, bands and tags: nodata pixels (and alpha or mask
-bands) are holes, so MASK may be left out; a MASK given adds its holes to them. Only 8-bit
+window, keeping CRS, geotransform, GCPs, RPCs, nodata, bands, tags, overviews and a COG
+layout; images with a world file (.tfw, .pgw, .jgw, .wld) take this path too and the result
+gets one. Nodata pixels (and alpha or mask bands) are holes, so MASK may be left out; a MASK
+given adds its holes to them (a georeferenced MASK must be on the image's grid). Nodata
+connected to the raster's border (a tile's collar) stays nodata unless --fill-nodata all. Only 8-bit
 rasters are accepted; bands beyond RGB (+ alpha) are passed through untouched. Images above
 Pillow's limit, once --max-image-pixels lifts it, take the same windowed path."""
 
@@ -1040,7 +1044,7 @@ def _say(args: argparse.Namespace, message: str) -> None:
 def _quiet() -> Iterator[None]:
     """-q: only errors. Library warnings, logs below ERROR and MLflow's download bar are off
     inside the block (everything is restored after it)."""
-    loggers = [logging.getLogger(name) for name in ("mlflow", "aerial_inpainting", "py.warnings")]
+    loggers = [logging.getLogger(name) for name in ("mlflow", "aerial_inpainting", "py.warnings", "rasterio")]
     levels = [logger.level for logger in loggers]
     previous_bar = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
