@@ -356,3 +356,33 @@ def test_f25_output_has_no_dead_space_and_the_cache_does_not_change_pixels(
                              blockxsize=128, blockysize=128, interleave=interleave)  # fmt: skip
         assert os.path.getsize(out) / os.path.getsize(compact) <= 1.10
     np.testing.assert_array_equal(read(tmp_path / "small.tif"), read(tmp_path / "default.tif"))
+
+
+def test_f24_mask_grid_equal_up_to_rounding_of_its_world_file_is_accepted(tmp_path, model, capsys):
+    bands = texture(64, 64, 24)
+    geotiff(tmp_path / "ortho.tif", bands)
+    mask = np.full((64, 64), 255, np.uint8)
+    mask[8:16, 8:16] = 0
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    # The image's grid written with 10 decimals, as GDAL and ArcGIS write world files.
+    (tmp_path / "mask.pgw").write_text("0.5000000000\n0\n0\n-0.5000000000\n500000.2500000001\n5599999.75\n")
+    code, err = run_cli(capsys, ["-q", "--model", model, tmp_path / "ortho.tif",
+                                 tmp_path / "mask.png", "-o", tmp_path / "out.tif"])  # fmt: skip
+    assert code == 0, err
+    np.testing.assert_array_equal((read(tmp_path / "out.tif") != bands).any(axis=0), mask == 0)
+
+
+def test_f19_world_file_without_rasterio_is_refused_not_dropped(
+    tmp_path, model, capsys, monkeypatch
+):
+    from aerial_inpainting import geotiff as geotiff_module
+
+    monkeypatch.setattr(geotiff_module, "has_rasterio", lambda: False)
+    Image.fromarray(texture(32, 32).transpose(1, 2, 0)).save(tmp_path / "a.png")
+    (tmp_path / "a.pgw").write_text(WORLD)
+    mask_png(tmp_path / "mask.png", 32, 32, (5, 5, 10, 10))
+    out = tmp_path / "out.png"
+    code, err = run_cli(capsys, ["-q", "--model", model, tmp_path / "a.png", tmp_path / "mask.png",
+                                 "-o", out])  # fmt: skip
+    assert one_line_error(code, err, "a.png", "georeferenced", "geo")
+    assert not out.exists()
