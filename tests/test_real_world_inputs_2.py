@@ -499,3 +499,85 @@ def test_f31_extra_information_that_is_not_an_object_is_dropped(tmp_path, tiny_m
     tensors = {k: v.contiguous() for k, v in tiny_model.state_dict().items()}
     save_file(tensors, str(tmp_path / "m.safetensors"), metadata=metadata)
     assert load_model(tmp_path / "m.safetensors").extra == {}
+
+
+# ------------------------------------------------------------------ F27 photo metadata
+XMP = (
+    b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF '
+    b'xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description '
+    b'xmlns:drone-dji="http://www.dji.com/drone-dji/1.0/" xmlns:tiff="http://ns.adobe.com/tiff/1.0/" '
+    b'drone-dji:RelativeAltitude="+120.0" tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>'
+)
+
+
+def drone_exif(orientation: int) -> Image.Exif:
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0110], exif[0x0132] = "DJI", "FC6310", "2026:05:01 10:11:12"
+    exif[0x0112] = orientation
+    exif[0x8825] = {1: "N", 2: (47.0, 22.0, 30.5), 3: "E", 4: (8.0, 32.0, 10.25), 6: 512.3}
+    return exif
+
+
+def _srgb_icc() -> bytes:
+    from PIL import ImageCms
+
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif", ".webp"])
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_f27_exif_gps_xmp_and_icc_survive_with_orientation_reset(
+    tmp_path, colour_model_file, capsys, suffix, orientation
+):
+    pixels = np.random.default_rng(27).integers(1, 255, (24, 40, 3), dtype=np.uint8)
+    icc = _srgb_icc()
+    Image.fromarray(pixels).save(
+        tmp_path / "drone.jpg", quality=95, exif=drone_exif(orientation), xmp=XMP, icc_profile=icc
+    )
+    shape = (40, 24) if orientation == 6 else (24, 40)  # as displayed
+    Image.fromarray(hole_mask(*shape, (5, 5, 12, 12))).save(tmp_path / "mask.png")
+    before = snapshot(tmp_path)
+    out = tmp_path / f"out{suffix}"
+    code, err = run_cli(capsys, ["-q", "--model", colour_model_file, tmp_path / "drone.jpg",
+                                 tmp_path / "mask.png", "-o", out])  # fmt: skip
+    assert code == 0, err
+    with Image.open(out) as result:
+        assert result.size == shape[::-1]
+        exif = result.getexif()
+        gps = exif.get_ifd(0x8825)
+        assert (exif.get(0x010F), exif.get(0x0110)) == ("DJI", "FC6310")
+        assert exif.get(0x0132) == "2026:05:01 10:11:12"
+        assert gps.get(1) == "N" and abs(float(gps[2][0]) - 47) < 1e-9
+        assert abs(float(gps[4][2]) - 10.25) < 1e-9 and abs(float(gps[6]) - 512.3) < 1e-6
+        assert exif.get(0x0112, 1) == 1  # stored upright: never turned a second time
+        assert result.info.get("icc_profile") == icc
+    data = out.read_bytes()
+    assert b"drone-dji:RelativeAltitude" in data
+    assert b'tiff:Orientation="6"' not in data
+    assert {k: v for k, v in snapshot(tmp_path).items() if not k.startswith("out")} == before
+
+
+def test_f27_grey_photo_keeps_its_icc_profile_and_mode(tmp_path, colour_model_file, capsys):
+    from PIL import ImageCms
+
+    grey = grey_texture(24, 32, seed=27)
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("LAB")).tobytes()  # any profile bytes
+    Image.fromarray(grey, "L").save(tmp_path / "bw.png", icc_profile=icc)
+    Image.fromarray(hole_mask(24, 32, (4, 4, 10, 10))).save(tmp_path / "mask.png")
+    out = tmp_path / "out.png"
+    code, err = run_cli(capsys, ["-q", "--model", colour_model_file, tmp_path / "bw.png",
+                                 tmp_path / "mask.png", "-o", out])  # fmt: skip
+    assert code == 0, err
+    with Image.open(out) as result:
+        assert result.mode == "L" and result.info.get("icc_profile") == icc
+
+
+def test_f27_photo_without_metadata_gets_none(tmp_path, colour_model_file, capsys):
+    Image.fromarray(grey_texture(16, 16)).save(tmp_path / "plain.png")
+    Image.fromarray(hole_mask(16, 16, (4, 4, 8, 8))).save(tmp_path / "mask.png")
+    out = tmp_path / "out.png"
+    code, err = run_cli(capsys, ["-q", "--model", colour_model_file, tmp_path / "plain.png",
+                                 tmp_path / "mask.png", "-o", out])  # fmt: skip
+    assert code == 0, err
+    with Image.open(out) as result:
+        assert not result.getexif() and "icc_profile" not in result.info

@@ -51,12 +51,16 @@ hole pixel gets a prediction, however far from the hole's edge. Valid pixels of 
 exactly those of IMAGE: OUT must be a lossless format (PNG, TIFF, BMP, WEBP written
 lossless); JPEG and GIF are refused unless --allow-lossy is given. A greyscale IMAGE (L, or
 LA with alpha) gives a greyscale OUT (the fill is the luma of the network's prediction).
+OUT keeps IMAGE's EXIF (GPS, camera; Orientation set to 1), XMP and ICC profile.
 OUT may not be IMAGE or MASK (nor a link to them); an existing OUT is replaced only once
 the new file is complete.
 
 GeoTIFFs (with the optional extra: pip install -e ".[geo]") are read and written window by
-window, keeping CRS, geotransform, nodata, bands and tags: nodata pixels (and alpha or mask
-bands) are holes, so MASK may be left out; a MASK given adds its holes to them. Only 8-bit
+window, keeping CRS, geotransform, GCPs, RPCs, nodata, bands, tags, overviews and a COG
+layout; images with a world file (.tfw, .pgw, .jgw, .wld) take this path too and the result
+gets one. Nodata pixels (and alpha or mask bands) are holes, so MASK may be left out; a MASK
+given adds its holes to them (a georeferenced MASK must be on the image's grid). Nodata
+connected to the raster's border (a tile's collar) stays nodata unless --fill-nodata all. Only 8-bit
 rasters are accepted; bands beyond RGB (+ alpha) are passed through untouched. Images above
 Pillow's limit, once --max-image-pixels lifts it, take the same windowed path."""
 
@@ -209,6 +213,13 @@ def _add_raster_arguments(parser: argparse.ArgumentParser) -> None:
         "windows (default: twice the network's receptive radius, at most a quarter of "
         "--window-size; 224 for the CPU network)",
     )
+    geo.add_argument(
+        "--fill-nodata",
+        choices=("inside", "all"),
+        default="inside",
+        help="inside (default): fill nodata gaps inside the data, leave nodata connected to "
+        "the raster border (a tile's collar) as nodata; all: fill the collar too",
+    )
 
 
 def _positive_int(text: str) -> int:
@@ -267,7 +278,7 @@ def check_output_format(path: str | Path, allow_lossy: bool) -> None:
         )
 
 
-def write_image(path: str | Path, image: np.ndarray) -> None:
+def write_image(path: str | Path, image: np.ndarray, metadata=None) -> None:
     """Write uint8 ``image`` to ``path`` atomically (format from the suffix; PNG without one).
 
     ``image``: (H, W) grey, (H, W, 2) grey + alpha, (H, W, 3) RGB or (H, W, 4) RGBA, written
@@ -276,6 +287,9 @@ def write_image(path: str | Path, image: np.ndarray) -> None:
     transparent pixels kept too). The file is written next to ``path`` under a temporary name
     and then replaces it (:func:`aerial_inpainting.output_files.atomic_output`): a failed
     write raises CliError ("cannot write") and leaves an existing ``path`` as it was.
+    ``metadata``: the input's photo metadata
+    (:func:`aerial_inpainting.imaging.io.read_photo_metadata`: EXIF with Orientation 1, XMP,
+    ICC profile), written where the format holds it.
     """
     from PIL import Image
 
@@ -286,8 +300,11 @@ def write_image(path: str | Path, image: np.ndarray) -> None:
     fmt = Image.registered_extensions().get(suffix) if suffix else "PNG"
     if fmt is None:
         raise CliError(f"output {path}: unknown image format {suffix!r} (use .png, .tif, ...)")
+    from aerial_inpainting.imaging.io import metadata_save_options
+
     options = {"lossless": True, "exact": True} if fmt == "WEBP" else {}
     picture = Image.fromarray(np.ascontiguousarray(image))
+    options.update(metadata_save_options(metadata, fmt, picture.size))
     if fmt == "JPEG" and picture.mode in ("RGBA", "LA"):
         picture = picture.convert(picture.mode[0])  # JPEG has no alpha (only with --allow-lossy)
     elif fmt == "BMP" and picture.mode == "LA":
@@ -638,12 +655,17 @@ def inpaint_pair(
         raise CliError(
             f"image {image_path}: no mask given (only GeoTIFFs with nodata can do without)"
         )
+    from aerial_inpainting.imaging.io import read_photo_metadata
+
     inputs = _read_pair(args, image_path, mask_path)
+    metadata = read_photo_metadata(image_path)
     for note in inputs.notes:
         say(f"warning: {note}")
     height, width = inputs.rgb.shape[:2]
     if inputs.valid.all():
-        write_image(output_path, as_stored(inputs, compose_output(inputs, inputs.rgb)))
+        write_image(
+            output_path, as_stored(inputs, compose_output(inputs, inputs.rgb)), metadata
+        )
         say(
             f"{mask_path}: mask has no hole (no black pixel), nothing to do; "
             f"{output_path} is an unchanged copy of {image_path}"
@@ -658,7 +680,7 @@ def inpaint_pair(
     suffix = Path(output_path).suffix.lower()
     if suffix in LOSSY_SUFFIXES:
         say(f"warning: {LOSSY_SUFFIXES[suffix]}: the valid pixels of OUT will differ")
-    write_image(output_path, as_stored(inputs, result))
+    write_image(output_path, as_stored(inputs, result), metadata)
     return PairOutcome("inpainted", inputs.hole_ratio, list(inputs.notes), width, height)
 
 
@@ -737,9 +759,9 @@ def _geo_route(args: argparse.Namespace, image_path: Path):
     """
     from aerial_inpainting import geotiff
 
-    if geotiff.is_georeferenced_tiff(image_path):
+    if geotiff.is_georeferenced(image_path):  # GeoTIFF tags, or a world file / .aux.xml beside it
         if not geotiff.has_rasterio():
-            raise CliError(f"image {image_path}: is a GeoTIFF; {geotiff.GEO_EXTRA}")
+            raise CliError(f"image {image_path}: is georeferenced; {geotiff.GEO_EXTRA}")
         return _inpaint_geo
     if args.max_image_pixels is not None and geotiff.has_rasterio():
         pixels = _pixel_count(image_path)
@@ -803,6 +825,7 @@ def _inpaint_geo(
             model_label=str(getattr(get_model, "path", "") or ""),
             progress=progress,
             say=say,
+            fill_nodata=args.fill_nodata,
         )
     except (InpaintingInputError, GeoDependencyError) as exc:
         hint = " (e.g. --threshold 128)" if "not binary" in str(exc) else ""
@@ -1021,7 +1044,7 @@ def _say(args: argparse.Namespace, message: str) -> None:
 def _quiet() -> Iterator[None]:
     """-q: only errors. Library warnings, logs below ERROR and MLflow's download bar are off
     inside the block (everything is restored after it)."""
-    loggers = [logging.getLogger(name) for name in ("mlflow", "aerial_inpainting", "py.warnings")]
+    loggers = [logging.getLogger(name) for name in ("mlflow", "aerial_inpainting", "py.warnings", "rasterio")]
     levels = [logger.level for logger in loggers]
     previous_bar = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"

@@ -154,3 +154,4 @@ class InpaintParams(Parameters):
     progress_bar: bool | None
     window_size: int
     window_halo: int | None
+    fill_nodata: Literal["inside", "all"]

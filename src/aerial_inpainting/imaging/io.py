@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -227,3 +228,115 @@ def read_rgb_image(path: str | Path, size: int, small_images: str = "skip") -> D
         original_mode=mode,
         upscaled=too_small,
     )
+
+
+# ------------------------------------------------------------------ photo metadata
+# TIFF tags describing the stored pixels (size, layout, compression, colour model, offsets,
+# ICC profile, XMP): never copied from an input's IFD0 into a new file's EXIF.
+_STRUCTURE_TAGS = frozenset(
+    {254, 255, 256, 257, 258, 259, 262, 266, 273, 277, 278, 279, 284, 317, 320, 322, 323}
+    | {324, 325, 338, 339, 340, 341, 347, 513, 514, 530, 531, 532, 700, 34675}
+)
+_SUB_IFDS = (0x8769, 0x8825, 0xA005)  # Exif, GPS, Interoperability
+_ORIENTATION = 0x0112
+_PIXEL_X, _PIXEL_Y = 0xA002, 0xA003  # PixelXDimension, PixelYDimension (Exif IFD)
+_XMP_ORIENTATION = re.compile(rb"(tiff:Orientation\s*(?:=\s*[\"']|>)\s*)\d")
+
+
+@dataclass(frozen=True)
+class PhotoMetadata:
+    """What a photograph carries besides its pixels, ready to be written to a result.
+
+    ``exif``: the EXIF tags of IFD0 (camera, date, ...) with their Exif, GPS and
+    Interoperability sub-IFDs, Orientation set to 1 (the result is stored upright) and no
+    thumbnail; ``xmp``: the XMP packet (bytes; ``tiff:Orientation`` set to 1 too);
+    ``icc_profile``: the ICC colour profile (bytes). Each None when absent.
+    """
+
+    exif: Image.Exif | None = None
+    xmp: bytes | None = None
+    icc_profile: bytes | None = None
+
+
+def read_photo_metadata(path: str | Path) -> PhotoMetadata:
+    """EXIF, XMP and ICC profile of the image file ``path`` (header only, no decoding).
+
+    Never raises: an unreadable file or a corrupt EXIF block gives what could be read
+    (empty :class:`PhotoMetadata` at worst); the pixels are read and checked elsewhere.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(Path(path)) as image:
+                return photo_metadata(image)
+    except Exception:  # metadata is best effort: the image's own reader reports bad files
+        return PhotoMetadata()
+
+
+def photo_metadata(image: Image.Image) -> PhotoMetadata:
+    """:class:`PhotoMetadata` of an open Pillow image (see there)."""
+    icc = image.info.get("icc_profile") or None
+    xmp = image.info.get("xmp") or image.info.get("XML:com.adobe.xmp")
+    if isinstance(xmp, str):
+        xmp = xmp.encode("utf-8")
+    if xmp:
+        xmp = _XMP_ORIENTATION.sub(rb"\g<1>1", xmp)
+    try:
+        source = image.getexif()
+        exif = Image.Exif()
+        for tag, value in source.items():
+            if tag in _STRUCTURE_TAGS or tag in _SUB_IFDS:
+                continue
+            exif[tag] = value
+        for tag in _SUB_IFDS:
+            if tag in source:
+                sub = dict(source.get_ifd(tag))
+                if sub:
+                    exif[tag] = sub
+        if _ORIENTATION in exif:
+            exif[_ORIENTATION] = 1
+    except Exception:  # a corrupt EXIF block: keep the rest
+        exif = None
+    return PhotoMetadata(exif=exif if exif else None, xmp=xmp or None, icc_profile=icc)
+
+
+def metadata_save_options(
+    metadata: PhotoMetadata | None, fmt: str, size: tuple[int, int]
+) -> dict:
+    """Pillow ``save`` keyword arguments writing ``metadata`` into a ``fmt`` file (Pillow's
+    format name: PNG, TIFF, JPEG, WEBP; others hold none of it) of ``size`` (width, height),
+    which also becomes EXIF's PixelXDimension/PixelYDimension when they were present."""
+    if metadata is None or fmt not in ("PNG", "TIFF", "JPEG", "MPO", "WEBP"):
+        return {}
+    options: dict = {}
+    if metadata.icc_profile:
+        options["icc_profile"] = metadata.icc_profile
+    exif = None
+    if metadata.exif is not None:
+        exif = Image.Exif()
+        for tag, value in metadata.exif.items():
+            exif[tag] = dict(value) if isinstance(value, dict) else value
+        sub = exif.get(0x8769)
+        if isinstance(sub, dict):
+            for tag, length in ((_PIXEL_X, size[0]), (_PIXEL_Y, size[1])):
+                if tag in sub:
+                    sub[tag] = length
+    if fmt == "TIFF":  # XMP is TIFF tag 700, beside the EXIF tags of IFD0
+        if metadata.xmp:
+            exif = exif if exif is not None else Image.Exif()
+            exif[700] = metadata.xmp
+        if exif is not None:
+            options["exif"] = exif.tobytes()
+        return options
+    if exif is not None:
+        options["exif"] = exif.tobytes()
+    if metadata.xmp:
+        if fmt == "PNG":
+            from PIL import PngImagePlugin
+
+            info = PngImagePlugin.PngInfo()
+            info.add_itxt("XML:com.adobe.xmp", metadata.xmp.decode("utf-8", "replace"))
+            options["pnginfo"] = info
+        else:
+            options["xmp"] = metadata.xmp
+    return options

@@ -319,6 +319,7 @@ def inpaint_user_geotiffs(
                 max_size=params.max_size,
                 model_label=f"PConvUNet {model.config.to_dict()} (Kedro entry `model`)",
                 progress=params.progress_bar,
+                fill_nodata=params.fill_nodata,
             )
         except (InpaintingInputError, GeoDependencyError, OSError, ValueError) as exc:
             rows.append(_row(key, pid, mask_pid, status="skipped", message=str(exc)))
