@@ -45,7 +45,15 @@ class MlflowRunHook:
       MLflow UI opens it in the model-training view;
     * tags ``data_source`` (``real``/``synthetic``) and ``n_images`` after ingestion;
     * before ``train_model``, the training split as an MLflow dataset input (context
-      ``training``; :func:`training_dataset`), so runs on different data are told apart.
+      ``training``; :func:`training_dataset`), so runs on different data are told apart;
+      before the evaluation, the test split (context ``evaluation``; the large-hole subset:
+      ``evaluation_large_holes``), which the evaluation metrics name;
+    * once kedro-mlflow has logged the model (catalog ``mlflow_model``), it becomes MLflow's
+      active model, so the evaluation metrics logged next belong to it
+      (:mod:`aerial_inpainting.logged_model`): the model's page shows them and its dataset;
+    * the tag ``runner`` is the runner's class name (``SequentialRunner``): Kedro's run
+      parameters give the runner's repr (``<kedro.runner...SequentialRunner object at
+      0x7f...>``), which kedro-mlflow logs as it is.
 
     Tracking never breaks the pipeline: MLflow errors are logged as warnings.
     """
@@ -61,6 +69,9 @@ class MlflowRunHook:
     @hook_impl(tryfirst=True)  # before kedro-mlflow's hook starts the run
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
         self._name_parts = None
+        runner = run_params.get("runner")
+        if isinstance(runner, str) and runner.startswith("<"):  # an object's repr
+            run_params["runner"] = runner_name(runner)  # the dict kedro-mlflow tags the run with
         config = getattr(self._context, "mlflow", None)
         if config is None:  # kedro-mlflow not active
             return
@@ -125,14 +136,55 @@ class MlflowRunHook:
 
     @hook_impl
     def before_node_run(self, node: Node, catalog, inputs: dict[str, Any]) -> None:
-        if node.name != "train_model" or "train_split" not in inputs:
+        context = EVALUATION_CONTEXTS.get(node.name)
+        if node.name == "train_model" and "train_split" in inputs:
+            split, images, context, split_name = (
+                inputs["train_split"], inputs.get("images"), "training", "train split"
+            )
+        elif context is not None and node.inputs and node.inputs[0] in inputs:
+            split, split_name = inputs[node.inputs[0]], "test split"
+            images = catalog.load("images") if catalog.exists("images") else None
+        else:
             return
         if _active_run() is None:
             return
         raw = catalog.get("raw_aerial_landscapes") if "raw_aerial_landscapes" in catalog else None
         location = (raw._describe() or {}).get("path") if raw is not None else None
-        dataset = training_dataset(inputs["train_split"], inputs.get("images"), location)
-        _safely("log the training dataset", _log_input, dataset)
+        dataset = training_dataset(split, images, location, split_name)
+        _safely(f"log the {split_name} dataset", _log_input, dataset, context)
+
+    @hook_impl
+    def after_dataset_saved(self, dataset_name: str) -> None:
+        if dataset_name != "mlflow_model" or _active_run() is None:
+            return
+        from aerial_inpainting.logged_model import activate_last_logged_model
+
+        _safely("make the logged model the active one", activate_last_logged_model)
+
+    @hook_impl
+    def after_pipeline_run(self) -> None:
+        _safely("clear the active model", _clear_active_model)
+
+    @hook_impl
+    def on_pipeline_error(self) -> None:
+        _safely("clear the active model", _clear_active_model)
+
+
+# The evaluation nodes that first read a test split (their first input), with the context
+# their dataset input is logged under (catalog evaluation_metrics: dataset_context).
+EVALUATION_CONTEXTS = {
+    "prepare_evaluation_set": "evaluation",
+    "large_holes.prepare_evaluation_set": "evaluation_large_holes",
+}
+
+
+def runner_name(runner: str) -> str:
+    """``"<kedro.runner.sequential_runner.SequentialRunner object at 0x7f...>"`` ->
+    ``"SequentialRunner"``; any other text is returned as it is."""
+    import re
+
+    found = re.fullmatch(r"<(?:[\w.]+\.)?(\w+) object at 0x[0-9a-fA-F]+>", runner.strip())
+    return found.group(1) if found else runner
 
 
 def run_name(
@@ -177,9 +229,13 @@ def run_name(
 
 
 def training_dataset(
-    train_split: pd.DataFrame, images: np.ndarray | None, location: str | None
+    train_split: pd.DataFrame,
+    images: np.ndarray | None,
+    location: str | None,
+    split_name: str = "train split",
 ) -> Any:
-    """The training split as an MLflow dataset: one row per training image (its profile's
+    """The training split (or another split: ``split_name``, e.g. ``"test split"``) as an
+    MLflow dataset: one row per image (its profile's
     ``num_rows`` is the number of images), named after its source, with the source (the raw
     folder for real photographs; the generator for the synthetic stand-in) and a digest of
     the split table and of the pixels of up to 64 of its images (evenly spaced rows)."""
@@ -196,11 +252,11 @@ def training_dataset(
     folder = str(resolve_in_project(location)) if location else None
     if data_source == "real" and folder:
         source = get_dataset_source_from_json(json.dumps({"uri": folder}), source_type="local")
-        name = f"{Path(folder).name} (train split)"
+        name = f"{Path(folder).name} ({split_name})"
     else:
         tags = {"data_source": data_source, "generator": "aerial_inpainting.imaging.synthetic"}
         source = CodeDatasetSource({**tags, **({"raw_folder": folder} if folder else {})})
-        name = f"{data_source} (train split)"
+        name = f"{data_source} ({split_name})"
     digest = hashlib.sha256(pd.util.hash_pandas_object(train_split, index=False).values.tobytes())
     if images is not None and "row" in train_split and len(train_split):
         rows = np.sort(train_split["row"].to_numpy(dtype=np.int64))
@@ -247,10 +303,17 @@ def _set_tags(run_id: str, tags: dict[str, str]) -> None:
         client.set_tag(run_id, key, value)
 
 
-def _log_input(dataset: Any) -> None:
+def _log_input(dataset: Any, context: str = "training") -> None:
     import mlflow
 
-    mlflow.log_input(dataset, context="training")
+    mlflow.log_input(dataset, context=context)
+
+
+def _clear_active_model() -> None:
+    import mlflow
+
+    if mlflow.get_active_model_id() is not None:
+        mlflow.clear_active_model()
 
 
 def _safely(what: str, fn, *args) -> None:
