@@ -139,7 +139,10 @@ class MlflowRunHook:
         context = EVALUATION_CONTEXTS.get(node.name)
         if node.name == "train_model" and "train_split" in inputs:
             split, images, context, split_name = (
-                inputs["train_split"], inputs.get("images"), "training", "train split"
+                inputs["train_split"],
+                inputs.get("images"),
+                "training",
+                "train split",
             )
         elif context is not None and node.inputs and node.inputs[0] in inputs:
             split, split_name = inputs[node.inputs[0]], "test split"
