@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from kedro.pipeline import Node
 
-from aerial_inpainting.hooks import MlflowRunHook, runner_name
+from aerial_inpainting.hooks import MlflowRunHook, MlflowRunnerTagHook, runner_name
 from aerial_inpainting.logged_model import LoggedModelMetricsDataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,14 +111,18 @@ def test_without_a_logged_model_the_metrics_are_plain_run_metrics(tracking):
     assert all(m.model_id is None and m.dataset_name is None for m in history)
 
 
-def test_the_runner_tag_is_the_runner_class_name():
+def test_the_runner_tag_is_the_runner_class_name(tracking):
     assert runner_name("<kedro.runner.sequential_runner.SequentialRunner object at 0x7f3a>") == (
         "SequentialRunner"
     )
     assert runner_name("ParallelRunner") == "ParallelRunner"
-    run_params = {"runner": "<kedro.runner.thread_runner.ThreadRunner object at 0x7F00ab>"}
-    MlflowRunHook().before_pipeline_run(run_params, pipeline=None, catalog=None)
-    assert run_params["runner"] == "ThreadRunner"  # the dict kedro-mlflow tags the run from
+    repr_ = "<kedro.runner.thread_runner.ThreadRunner object at 0x7F00ab>"
+    run_params = {"runner": repr_}
+    with mlflow.start_run() as run:
+        mlflow.set_tag("runner", repr_)  # as kedro-mlflow tags it
+        MlflowRunnerTagHook().before_pipeline_run(run_params)
+    assert tracking.get_run(run.info.run_id).data.tags["runner"] == "ThreadRunner"
+    assert run_params["runner"] == repr_  # left as it is for the other hooks (kedro-viz)
 
 
 def test_kedro_commands_print_no_third_party_warning():

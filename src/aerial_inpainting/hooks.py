@@ -51,9 +51,8 @@ class MlflowRunHook:
     * once kedro-mlflow has logged the model (catalog ``mlflow_model``), it becomes MLflow's
       active model, so the evaluation metrics logged next belong to it
       (:mod:`aerial_inpainting.logged_model`): the model's page shows them and its dataset;
-    * the tag ``runner`` is the runner's class name (``SequentialRunner``): Kedro's run
-      parameters give the runner's repr (``<kedro.runner...SequentialRunner object at
-      0x7f...>``), which kedro-mlflow logs as it is.
+    * the tag ``runner`` is the runner's class name (``SequentialRunner``):
+      :class:`MlflowRunnerTagHook`.
 
     Tracking never breaks the pipeline: MLflow errors are logged as warnings.
     """
@@ -69,9 +68,6 @@ class MlflowRunHook:
     @hook_impl(tryfirst=True)  # before kedro-mlflow's hook starts the run
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
         self._name_parts = None
-        runner = run_params.get("runner")
-        if isinstance(runner, str) and runner.startswith("<"):  # an object's repr
-            run_params["runner"] = runner_name(runner)  # the dict kedro-mlflow tags the run with
         config = getattr(self._context, "mlflow", None)
         if config is None:  # kedro-mlflow not active
             return
@@ -171,6 +167,24 @@ class MlflowRunHook:
     @hook_impl
     def on_pipeline_error(self) -> None:
         _safely("clear the active model", _clear_active_model)
+
+
+class MlflowRunnerTagHook:
+    """The MLflow run's tag ``runner`` is the runner's class name (``SequentialRunner``).
+
+    Kedro's run parameters give the runner as its repr (``<kedro.runner.sequential_runner.
+    SequentialRunner object at 0x7f...>``), which kedro-mlflow logs as a tag as it is. The
+    run parameters themselves stay as they are (kedro-viz reads that repr); once
+    kedro-mlflow has started the run (this hook runs last), the tag is replaced.
+    """
+
+    @hook_impl(trylast=True)
+    def before_pipeline_run(self, run_params: dict[str, Any]) -> None:
+        runner = run_params.get("runner")
+        run = _active_run()
+        if run is None or not isinstance(runner, str) or runner_name(runner) == runner:
+            return
+        _safely("tag the runner", _set_tags, run.info.run_id, {"runner": runner_name(runner)})
 
 
 # The evaluation nodes that first read a test split (their first input), with the context
@@ -332,8 +346,9 @@ class PretrainedModelHook:
 
     ``trained``: the catalog's ``model`` (the latest model ``kedro run`` saved); ``pretrained``:
     the model shipped with the package (catalog ``pretrained_model``, ``MODEL_CARD.md``);
-    ``auto``: the trained model when there is one (or the run trains one), else the
-    pretrained one; a path: that model file (e.g. one a GPU run returned), read-only. For a run that selects ``pretrained``, the catalog's ``model`` entry is
+    ``auto``: the trained model when the run trains one, or when the saved one's recorded
+    test score is not below the shipped model's (:func:`project_model_preferred`), else the
+    pretrained one (the log says which and why); a path: that model file (e.g. one a GPU run returned), read-only. For a run that selects ``pretrained``, the catalog's ``model`` entry is
     replaced by the read-only pretrained dataset before any node runs, so the trained model
     is never opened; the MLflow run gets the tag ``model_source``.
     """
@@ -349,9 +364,19 @@ class PretrainedModelHook:
             return
         parameters = catalog.load("parameters") if "parameters" in catalog else {}
         trains = "model" in pipeline.all_outputs()
-        chosen = choose_model_source(users, parameters, trains, lambda: catalog.exists("model"))
+        reasons: list[str] = []  # why `auto` chose as it did (empty when it was not asked)
+
+        def trained_preferred() -> bool:
+            use, reason = project_model_preferred(catalog)
+            reasons.append(reason)
+            return use
+
+        chosen = choose_model_source(users, parameters, trains, trained_preferred)
+        why = f" [{reasons[0]}]" if reasons else ""
         if chosen is None:
             self.source = "trained"
+            if reasons:
+                logger.info("model auto: using the project's latest trained model%s", why)
             return
         from aerial_inpainting.datasets import ModelFileDataset, PretrainedModelDataset
         from aerial_inpainting.pretrained_model import DEFAULT_NAME, describe_pretrained
@@ -369,7 +394,7 @@ class PretrainedModelHook:
         self._swap(catalog, dataset)
         name = getattr(dataset, "_name", DEFAULT_NAME)
         self.source = f"pretrained:{name}"
-        logger.info("%s: using the %s", chosen, describe_pretrained(name))
+        logger.info("%s: using the %s%s", chosen, describe_pretrained(name), why)
 
     @staticmethod
     def _swap(catalog, dataset) -> None:
@@ -396,6 +421,32 @@ class PretrainedModelHook:
             logger.warning("Could not record model_source=%s in MLflow: %s", self.source, exc)
 
 
+def project_model_preferred(catalog) -> tuple[bool, str]:
+    """``auto``: whether the catalog's ``model`` (the project's latest trained model) is to
+    be used rather than the shipped one, and why: only when its recorded test score
+    (catalog ``model_scores``) is not below the shipped model's on the same test split
+    (:mod:`aerial_inpainting.model_selection`)."""
+    if not catalog.exists("model"):
+        return False, "no trained model saved"
+    from aerial_inpainting.model_selection import SCORE_FORMAT, select_latest
+
+    try:
+        model = catalog.load("model")
+    except Exception as exc:  # a bad file: the shipped model, and the line says why
+        return False, f"the latest trained model cannot be loaded ({exc})"
+    records = []
+    if "model_scores" in catalog and catalog.exists("model_scores"):
+        for load in catalog.load("model_scores").values():
+            try:
+                record = load()
+            except Exception:  # an unreadable record is no evidence
+                continue
+            if isinstance(record, dict) and record.get("format") == SCORE_FORMAT:
+                records.append(record)
+    verdict = select_latest(model, records)
+    return verdict.use_project, verdict.reason
+
+
 def _model_value(section: str, raw: Any) -> str:
     """``trained``, ``pretrained``, ``auto``, or the absolute path of an existing model file."""
     value = str(raw).strip()
@@ -412,14 +463,15 @@ def _model_value(section: str, raw: Any) -> str:
     )
 
 
-def choose_model_source(users, parameters, trains: bool, trained_exists) -> str | None:
+def choose_model_source(users, parameters, trains: bool, trained_preferred) -> str | None:
     """The parameter that selects another model than the trained one for this run (e.g.
     ``"evaluate.model=pretrained"``, or ``"evaluate.model=/abs/path/model.safetensors"`` for a
     model file), or None when the run uses the trained ``model``.
 
     ``users``: the run's nodes reading ``model`` (their tag, ``evaluate`` or ``inpaint``,
     names the parameter section); ``trains``: the run also writes ``model``;
-    ``trained_exists``: a callable saying whether a trained model is saved. Raises
+    ``trained_preferred``: a callable saying whether ``auto`` takes the saved trained model
+    (:func:`project_model_preferred`; asked only for ``auto`` in a run that does not train). Raises
     ValueError for an unknown value (neither a choice nor an existing file), for another
     model in a run that trains, and for two sections asking for different models in one run.
     """
@@ -431,7 +483,7 @@ def choose_model_source(users, parameters, trains: bool, trained_exists) -> str 
             continue
         value = _model_value(section, (parameters.get(section) or {}).get("model", "trained"))
         if value == "auto":
-            value = "trained" if trains or trained_exists() else "pretrained"
+            value = "trained" if trains or trained_preferred() else "pretrained"
         resolved[f"{section}.model"] = value
     chosen = sorted({v for v in resolved.values() if v != "trained"})
     if not chosen:

@@ -3,7 +3,12 @@
 import logging
 import warnings
 
-from aerial_inpainting.hooks import MlflowRunHook, PretrainedModelHook, ProjectRootHook
+from aerial_inpainting.hooks import (
+    MlflowRunHook,
+    MlflowRunnerTagHook,
+    PretrainedModelHook,
+    ProjectRootHook,
+)
 from aerial_inpainting.project_paths import ProjectConfigLoader
 
 # Two warnings every `kedro` command printed about code that is not ours, silenced only where
@@ -39,7 +44,7 @@ class _KedroMlflowPredictHintFilter(logging.Filter):
 logging.getLogger("py.warnings").addFilter(_KedroMlflowPredictHintFilter())
 
 # kedro-mlflow registers its own hook through its plugin entry point.
-HOOKS = (ProjectRootHook(), MlflowRunHook(), PretrainedModelHook())
+HOOKS = (ProjectRootHook(), MlflowRunHook(), MlflowRunnerTagHook(), PretrainedModelHook())
 
 # OmegaConfigLoader, with mlflow.yml's relative sqlite:/// URIs under the project root.
 CONFIG_LOADER_CLASS = ProjectConfigLoader

@@ -359,3 +359,37 @@ def report_headline(evaluation_summary: pd.DataFrame, model: torch.nn.Module) ->
     else:
         logger.info(text)
     print(text)
+
+
+def record_model_score(
+    evaluation_summary: pd.DataFrame,
+    model: torch.nn.Module,
+    test_split: pd.DataFrame,
+    data_processing: Mapping[str, Any],
+) -> dict[str, dict[str, Any]]:
+    """The evaluated model's score on this test split, as one record for ``auto`` model
+    selection (:mod:`aerial_inpainting.model_selection`): ``{"<weights digest>_<split
+    digest>": record}`` (a partition of the catalog's ``model_scores``). The record names the
+    model by a digest of its weights and the split by the parameters that fix it
+    (``params:data_processing``, the data source, the number of test images scored)."""
+    from aerial_inpainting.model_selection import (
+        score_record,
+        split_definition,
+        split_digest,
+        weights_digest,
+    )
+
+    sources = sorted(set(test_split["data_source"].astype(str))) if len(test_split) else []
+    overall = evaluation_summary[
+        (evaluation_summary["method"] == "model") & (evaluation_summary["group_type"] == "overall")
+    ]
+    n_images = int(overall["n"].iloc[0]) if len(overall) else len(test_split)
+    definition = split_definition(data_processing, "+".join(sources) or "none", n_images)
+    digest = weights_digest(model)
+    record = score_record(evaluation_summary, digest, definition)
+    logger.info(
+        "Recorded the model's test score (weights %s) for `auto` model selection: PSNR %.2f dB",
+        digest,
+        record["scores"]["psnr_mean"],
+    )
+    return {f"{digest}_{split_digest(definition)}": record}
