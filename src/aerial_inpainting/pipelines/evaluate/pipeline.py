@@ -58,7 +58,7 @@ def _scoring(split: str, masks: str, mask_index: str) -> Pipeline:
             ),
             Node(
                 func=summarise_evaluation,
-                inputs=["evaluation_per_image", "params:evaluate"],
+                inputs=["evaluation_per_image", "params:evaluate", "model"],
                 outputs=["evaluation_summary", "evaluation_summary_markdown", "evaluation_metrics"],
                 name="summarise_evaluation",
                 tags=[TAG],
