@@ -160,3 +160,17 @@ def test_the_settings_filters_drop_only_the_known_third_party_warnings():
     )
     kept = logging.getLogger("py.warnings").filter
     assert not kept(record) and kept(other)
+
+
+def test_the_run_link_opens_the_model_training_view():
+    # MLflow 3.17's UI: the view is the link's `workflowType` (machine_learning = "Model
+    # training"), else the browser's switch, GenAI by default (checked in Chromium:
+    # benchmarks/mlflow_ui_screenshots.py, benchmarks/results/mlflow_ui_check.json).
+    from aerial_inpainting.hooks import mlflow_ui_link
+
+    assert mlflow_ui_link("http://127.0.0.1:5000/", "1", "abc") == (
+        "http://127.0.0.1:5000/#/experiments/1/runs/abc?workflowType=machine_learning"
+    )
+    assert mlflow_ui_link("http://h:1", "7") == (
+        "http://h:1/#/experiments/7?workflowType=machine_learning"
+    )

@@ -41,8 +41,10 @@ class MlflowRunHook:
       ``mlflow.yml`` names the run (``tracking.run.name``); the data source is added once
       ingestion has told it, and the steps actually trained once ``train_model`` has run
       (``"219 of 6000 steps, cut short at 6 min"`` when the wall-time budget ended it);
-    * the experiment is tagged ``mlflow.experimentKind=custom_model_development``, so the
-      MLflow UI opens it in the model-training view;
+    * the experiment is tagged ``mlflow.experimentKind=custom_model_development`` (MLflow
+      3's "model training" kind); MLflow 3.17's UI picks its view (GenAI, the default, or
+      Model training) from a per-browser switch or the link's ``workflowType`` instead, so
+      the log ends with the run's link in the model-training view (:func:`mlflow_ui_link`);
     * tags ``data_source`` (``real``/``synthetic``) and ``n_images`` after ingestion;
     * before ``train_model``, the training split as an MLflow dataset input (context
       ``training``; :func:`training_dataset`), so runs on different data are told apart;
@@ -132,16 +134,12 @@ class MlflowRunHook:
 
     @hook_impl
     def before_node_run(self, node: Node, catalog, inputs: dict[str, Any]) -> None:
-        context = EVALUATION_CONTEXTS.get(node.name)
+        evaluation = EVALUATION_CONTEXTS.get(node.name)
         if node.name == "train_model" and "train_split" in inputs:
-            split, images, context, split_name = (
-                inputs["train_split"],
-                inputs.get("images"),
-                "training",
-                "train split",
-            )
-        elif context is not None and node.inputs and node.inputs[0] in inputs:
-            split, split_name = inputs[node.inputs[0]], "test split"
+            split, images = inputs["train_split"], inputs.get("images")
+            context, split_name = "training", "train split"
+        elif evaluation is not None and node.inputs and node.inputs[0] in inputs:
+            split, (context, split_name) = inputs[node.inputs[0]], evaluation
             images = catalog.load("images") if catalog.exists("images") else None
         else:
             return
@@ -160,8 +158,16 @@ class MlflowRunHook:
 
         _safely("make the logged model the active one", activate_last_logged_model)
 
-    @hook_impl
+    @hook_impl(tryfirst=True)  # before kedro-mlflow's hook ends the run
     def after_pipeline_run(self) -> None:
+        run = _active_run()
+        config = getattr(self._context, "mlflow", None)
+        if run is not None and config is not None:
+            base = f"http://{config.ui.host}:{config.ui.port}"
+            logger.info(
+                "MLflow: this run in the UI's model-training view (`kedro mlflow ui`): %s",
+                mlflow_ui_link(base, run.info.experiment_id, run.info.run_id),
+            )
         _safely("clear the active model", _clear_active_model)
 
     @hook_impl
@@ -188,11 +194,23 @@ class MlflowRunnerTagHook:
 
 
 # The evaluation nodes that first read a test split (their first input), with the context
-# their dataset input is logged under (catalog evaluation_metrics: dataset_context).
+# their dataset input is logged under (catalog evaluation_metrics: dataset_context) and the
+# dataset's name ("synthetic (test split)", "Aerial_Landscapes (test split, large holes)").
 EVALUATION_CONTEXTS = {
-    "prepare_evaluation_set": "evaluation",
-    "large_holes.prepare_evaluation_set": "evaluation_large_holes",
+    "prepare_evaluation_set": ("evaluation", "test split"),
+    "large_holes.prepare_evaluation_set": ("evaluation_large_holes", "test split, large holes"),
 }
+
+
+def mlflow_ui_link(base: str, experiment_id: str, run_id: str | None = None) -> str:
+    """The MLflow UI's page of an experiment (or of one of its runs) in the model-training
+    view: ``http://127.0.0.1:5000/#/experiments/1/runs/<run_id>?workflowType=machine_learning``.
+    MLflow 3.17's UI opens experiments in its GenAI view unless the browser's switch says
+    otherwise or the link names the view (``workflowType``, from the UI's source)."""
+    page = f"{base.rstrip('/')}/#/experiments/{experiment_id}"
+    if run_id:
+        page += f"/runs/{run_id}"
+    return f"{page}?workflowType=machine_learning"
 
 
 def runner_name(runner: str) -> str:
