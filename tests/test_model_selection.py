@@ -191,7 +191,7 @@ def test_inpaint_model_auto_takes_the_better_model_and_logs_why(
     (line,) = [r.getMessage() for r in caplog.records if "model" in r.getMessage()]
     if margin < 0:
         assert hook.source == "pretrained:skyview-small"
-        assert line.startswith("inpaint.model=pretrained: using the pretrained model skyview-small")
+        assert line.startswith("inpaint.model=auto: using the pretrained model skyview-small")
         assert "below the shipped" in line
         assert catalog.values["model"] is not tiny_model  # swapped for the shipped model
     else:

@@ -382,20 +382,22 @@ class PretrainedModelHook:
             return
         parameters = catalog.load("parameters") if "parameters" in catalog else {}
         trains = "model" in pipeline.all_outputs()
-        reasons: list[str] = []  # why `auto` chose as it did (empty when it was not asked)
+        verdict: list[tuple[bool, str]] = []  # `auto`'s verdict, once (empty: not asked)
 
         def trained_preferred() -> bool:
-            use, reason = project_model_preferred(catalog)
-            reasons.append(reason)
-            return use
+            if not verdict:
+                verdict.append(project_model_preferred(catalog))
+            return verdict[0][0]
 
         chosen = choose_model_source(users, parameters, trains, trained_preferred)
-        why = f" [{reasons[0]}]" if reasons else ""
+        why = f" [{verdict[0][1]}]" if verdict else ""
         if chosen is None:
             self.source = "trained"
-            if reasons:
+            if verdict:
                 logger.info("model auto: using the project's latest trained model%s", why)
             return
+        # `auto` chose it: the log line says so
+        label = chosen.replace("=pretrained", "=auto") if verdict else chosen
         from aerial_inpainting.datasets import ModelFileDataset, PretrainedModelDataset
         from aerial_inpainting.pretrained_model import DEFAULT_NAME, describe_pretrained
 
@@ -412,7 +414,7 @@ class PretrainedModelHook:
         self._swap(catalog, dataset)
         name = getattr(dataset, "_name", DEFAULT_NAME)
         self.source = f"pretrained:{name}"
-        logger.info("%s: using the %s%s", chosen, describe_pretrained(name), why)
+        logger.info("%s: using the %s%s", label, describe_pretrained(name), why)
 
     @staticmethod
     def _swap(catalog, dataset) -> None:
