@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from support.images import box_mask, read_png, smooth_image, write_png
+from support.model_scores import shipped_psnr, write_score
 
 from aerial_inpainting.inpaint_cli import main
 from aerial_inpainting.pconv.checkpoint import save_model
@@ -74,6 +75,7 @@ def test_finds_the_latest_model_version_in_the_project(
     old.parent.mkdir(parents=True)
     old.write_bytes(b"not a model")  # would fail to load if chosen
     save_model(versions / "2026-02-01T00.00.00.000Z" / "pconv_unet.safetensors", tiny_model)
+    write_score(project, tiny_model, psnr=shipped_psnr() + 1)  # made up: better than shipped
     monkeypatch.chdir(project)
     out = tmp_path / "found.png"
     code, err = _run(capsys, [image_path, mask_path, "-o", out])
@@ -118,6 +120,7 @@ def test_model_pretrained_wins_over_the_projects_trained_model(
     project = _fake_project(tmp_path / "project")
     trained = project / "data/06_models/pconv_unet.safetensors/2026-02-01T00.00.00.000Z"
     save_model(trained / "pconv_unet.safetensors", tiny_model)
+    write_score(project, tiny_model, psnr=shipped_psnr() + 1)  # made up: better than shipped
     monkeypatch.chdir(project)
     a, b = tmp_path / "a.png", tmp_path / "b.png"
     code, err = _run(capsys, [image_path, mask_path, "-o", a])

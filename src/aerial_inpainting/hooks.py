@@ -41,11 +41,20 @@ class MlflowRunHook:
       ``mlflow.yml`` names the run (``tracking.run.name``); the data source is added once
       ingestion has told it, and the steps actually trained once ``train_model`` has run
       (``"219 of 6000 steps, cut short at 6 min"`` when the wall-time budget ended it);
-    * the experiment is tagged ``mlflow.experimentKind=custom_model_development``, so the
-      MLflow UI opens it in the model-training view;
+    * the experiment is tagged ``mlflow.experimentKind=custom_model_development`` (MLflow
+      3's "model training" kind); MLflow 3.17's UI picks its view (GenAI, the default, or
+      Model training) from a per-browser switch or the link's ``workflowType`` instead, so
+      the log ends with the run's link in the model-training view (:func:`mlflow_ui_link`);
     * tags ``data_source`` (``real``/``synthetic``) and ``n_images`` after ingestion;
     * before ``train_model``, the training split as an MLflow dataset input (context
-      ``training``; :func:`training_dataset`), so runs on different data are told apart.
+      ``training``; :func:`training_dataset`), so runs on different data are told apart;
+      before the evaluation, the test split (context ``evaluation``; the large-hole subset:
+      ``evaluation_large_holes``), which the evaluation metrics name;
+    * once kedro-mlflow has logged the model (catalog ``mlflow_model``), it becomes MLflow's
+      active model, so the evaluation metrics logged next belong to it
+      (:mod:`aerial_inpainting.logged_model`): the model's page shows them and its dataset;
+    * the tag ``runner`` is the runner's class name (``SequentialRunner``):
+      :class:`MlflowRunnerTagHook`.
 
     Tracking never breaks the pipeline: MLflow errors are logged as warnings.
     """
@@ -125,14 +134,92 @@ class MlflowRunHook:
 
     @hook_impl
     def before_node_run(self, node: Node, catalog, inputs: dict[str, Any]) -> None:
-        if node.name != "train_model" or "train_split" not in inputs:
+        evaluation = EVALUATION_CONTEXTS.get(node.name)
+        if node.name == "train_model" and "train_split" in inputs:
+            split, images = inputs["train_split"], inputs.get("images")
+            context, split_name = "training", "train split"
+        elif evaluation is not None and node.inputs and node.inputs[0] in inputs:
+            split, (context, split_name) = inputs[node.inputs[0]], evaluation
+            images = catalog.load("images") if catalog.exists("images") else None
+        else:
             return
         if _active_run() is None:
             return
         raw = catalog.get("raw_aerial_landscapes") if "raw_aerial_landscapes" in catalog else None
         location = (raw._describe() or {}).get("path") if raw is not None else None
-        dataset = training_dataset(inputs["train_split"], inputs.get("images"), location)
-        _safely("log the training dataset", _log_input, dataset)
+        dataset = training_dataset(split, images, location, split_name)
+        _safely(f"log the {split_name} dataset", _log_input, dataset, context)
+
+    @hook_impl
+    def after_dataset_saved(self, dataset_name: str) -> None:
+        if dataset_name != "mlflow_model" or _active_run() is None:
+            return
+        from aerial_inpainting.logged_model import activate_last_logged_model
+
+        _safely("make the logged model the active one", activate_last_logged_model)
+
+    @hook_impl(tryfirst=True)  # before kedro-mlflow's hook ends the run
+    def after_pipeline_run(self) -> None:
+        run = _active_run()
+        config = getattr(self._context, "mlflow", None)
+        if run is not None and config is not None:
+            base = f"http://{config.ui.host}:{config.ui.port}"
+            logger.info(
+                "MLflow: this run in the UI's model-training view (`kedro mlflow ui`): %s",
+                mlflow_ui_link(base, run.info.experiment_id, run.info.run_id),
+            )
+        _safely("clear the active model", _clear_active_model)
+
+    @hook_impl
+    def on_pipeline_error(self) -> None:
+        _safely("clear the active model", _clear_active_model)
+
+
+class MlflowRunnerTagHook:
+    """The MLflow run's tag ``runner`` is the runner's class name (``SequentialRunner``).
+
+    Kedro's run parameters give the runner as its repr (``<kedro.runner.sequential_runner.
+    SequentialRunner object at 0x7f...>``), which kedro-mlflow logs as a tag as it is. The
+    run parameters themselves stay as they are (kedro-viz reads that repr); once
+    kedro-mlflow has started the run (this hook runs last), the tag is replaced.
+    """
+
+    @hook_impl(trylast=True)
+    def before_pipeline_run(self, run_params: dict[str, Any]) -> None:
+        runner = run_params.get("runner")
+        run = _active_run()
+        if run is None or not isinstance(runner, str) or runner_name(runner) == runner:
+            return
+        _safely("tag the runner", _set_tags, run.info.run_id, {"runner": runner_name(runner)})
+
+
+# The evaluation nodes that first read a test split (their first input), with the context
+# their dataset input is logged under (catalog evaluation_metrics: dataset_context) and the
+# dataset's name ("synthetic (test split)", "Aerial_Landscapes (test split, large holes)").
+EVALUATION_CONTEXTS = {
+    "prepare_evaluation_set": ("evaluation", "test split"),
+    "large_holes.prepare_evaluation_set": ("evaluation_large_holes", "test split, large holes"),
+}
+
+
+def mlflow_ui_link(base: str, experiment_id: str, run_id: str | None = None) -> str:
+    """The MLflow UI's page of an experiment (or of one of its runs) in the model-training
+    view: ``http://127.0.0.1:5000/#/experiments/1/runs/<run_id>?workflowType=machine_learning``.
+    MLflow 3.17's UI opens experiments in its GenAI view unless the browser's switch says
+    otherwise or the link names the view (``workflowType``, from the UI's source)."""
+    page = f"{base.rstrip('/')}/#/experiments/{experiment_id}"
+    if run_id:
+        page += f"/runs/{run_id}"
+    return f"{page}?workflowType=machine_learning"
+
+
+def runner_name(runner: str) -> str:
+    """``"<kedro.runner.sequential_runner.SequentialRunner object at 0x7f...>"`` ->
+    ``"SequentialRunner"``; any other text is returned as it is."""
+    import re
+
+    found = re.fullmatch(r"<(?:[\w.]+\.)?(\w+) object at 0x[0-9a-fA-F]+>", runner.strip())
+    return found.group(1) if found else runner
 
 
 def run_name(
@@ -177,9 +264,13 @@ def run_name(
 
 
 def training_dataset(
-    train_split: pd.DataFrame, images: np.ndarray | None, location: str | None
+    train_split: pd.DataFrame,
+    images: np.ndarray | None,
+    location: str | None,
+    split_name: str = "train split",
 ) -> Any:
-    """The training split as an MLflow dataset: one row per training image (its profile's
+    """The training split (or another split: ``split_name``, e.g. ``"test split"``) as an
+    MLflow dataset: one row per image (its profile's
     ``num_rows`` is the number of images), named after its source, with the source (the raw
     folder for real photographs; the generator for the synthetic stand-in) and a digest of
     the split table and of the pixels of up to 64 of its images (evenly spaced rows)."""
@@ -196,11 +287,11 @@ def training_dataset(
     folder = str(resolve_in_project(location)) if location else None
     if data_source == "real" and folder:
         source = get_dataset_source_from_json(json.dumps({"uri": folder}), source_type="local")
-        name = f"{Path(folder).name} (train split)"
+        name = f"{Path(folder).name} ({split_name})"
     else:
         tags = {"data_source": data_source, "generator": "aerial_inpainting.imaging.synthetic"}
         source = CodeDatasetSource({**tags, **({"raw_folder": folder} if folder else {})})
-        name = f"{data_source} (train split)"
+        name = f"{data_source} ({split_name})"
     digest = hashlib.sha256(pd.util.hash_pandas_object(train_split, index=False).values.tobytes())
     if images is not None and "row" in train_split and len(train_split):
         rows = np.sort(train_split["row"].to_numpy(dtype=np.int64))
@@ -247,10 +338,17 @@ def _set_tags(run_id: str, tags: dict[str, str]) -> None:
         client.set_tag(run_id, key, value)
 
 
-def _log_input(dataset: Any) -> None:
+def _log_input(dataset: Any, context: str = "training") -> None:
     import mlflow
 
-    mlflow.log_input(dataset, context="training")
+    mlflow.log_input(dataset, context=context)
+
+
+def _clear_active_model() -> None:
+    import mlflow
+
+    if mlflow.get_active_model_id() is not None:
+        mlflow.clear_active_model()
 
 
 def _safely(what: str, fn, *args) -> None:
@@ -266,8 +364,9 @@ class PretrainedModelHook:
 
     ``trained``: the catalog's ``model`` (the latest model ``kedro run`` saved); ``pretrained``:
     the model shipped with the package (catalog ``pretrained_model``, ``MODEL_CARD.md``);
-    ``auto``: the trained model when there is one (or the run trains one), else the
-    pretrained one; a path: that model file (e.g. one a GPU run returned), read-only. For a run that selects ``pretrained``, the catalog's ``model`` entry is
+    ``auto``: the trained model when the run trains one, or when the saved one's recorded
+    test score is not below the shipped model's (:func:`project_model_preferred`), else the
+    pretrained one (the log says which and why); a path: that model file (e.g. one a GPU run returned), read-only. For a run that selects ``pretrained``, the catalog's ``model`` entry is
     replaced by the read-only pretrained dataset before any node runs, so the trained model
     is never opened; the MLflow run gets the tag ``model_source``.
     """
@@ -283,10 +382,22 @@ class PretrainedModelHook:
             return
         parameters = catalog.load("parameters") if "parameters" in catalog else {}
         trains = "model" in pipeline.all_outputs()
-        chosen = choose_model_source(users, parameters, trains, lambda: catalog.exists("model"))
+        verdict: list[tuple[bool, str]] = []  # `auto`'s verdict, once (empty: not asked)
+
+        def trained_preferred() -> bool:
+            if not verdict:
+                verdict.append(project_model_preferred(catalog))
+            return verdict[0][0]
+
+        chosen = choose_model_source(users, parameters, trains, trained_preferred)
+        why = f" [{verdict[0][1]}]" if verdict else ""
         if chosen is None:
             self.source = "trained"
+            if verdict:
+                logger.info("model auto: using the project's latest trained model%s", why)
             return
+        # `auto` chose it: the log line says so
+        label = chosen.replace("=pretrained", "=auto") if verdict else chosen
         from aerial_inpainting.datasets import ModelFileDataset, PretrainedModelDataset
         from aerial_inpainting.pretrained_model import DEFAULT_NAME, describe_pretrained
 
@@ -303,7 +414,7 @@ class PretrainedModelHook:
         self._swap(catalog, dataset)
         name = getattr(dataset, "_name", DEFAULT_NAME)
         self.source = f"pretrained:{name}"
-        logger.info("%s: using the %s", chosen, describe_pretrained(name))
+        logger.info("%s: using the %s%s", label, describe_pretrained(name), why)
 
     @staticmethod
     def _swap(catalog, dataset) -> None:
@@ -330,6 +441,32 @@ class PretrainedModelHook:
             logger.warning("Could not record model_source=%s in MLflow: %s", self.source, exc)
 
 
+def project_model_preferred(catalog) -> tuple[bool, str]:
+    """``auto``: whether the catalog's ``model`` (the project's latest trained model) is to
+    be used rather than the shipped one, and why: only when its recorded test score
+    (catalog ``model_scores``) is not below the shipped model's on the same test split
+    (:mod:`aerial_inpainting.model_selection`)."""
+    if not catalog.exists("model"):
+        return False, "no trained model saved"
+    from aerial_inpainting.model_selection import SCORE_FORMAT, select_latest
+
+    try:
+        model = catalog.load("model")
+    except Exception as exc:  # a bad file: the shipped model, and the line says why
+        return False, f"the latest trained model cannot be loaded ({exc})"
+    records = []
+    if "model_scores" in catalog and catalog.exists("model_scores"):
+        for load in catalog.load("model_scores").values():
+            try:
+                record = load()
+            except Exception:  # an unreadable record is no evidence
+                continue
+            if isinstance(record, dict) and record.get("format") == SCORE_FORMAT:
+                records.append(record)
+    verdict = select_latest(model, records)
+    return verdict.use_project, verdict.reason
+
+
 def _model_value(section: str, raw: Any) -> str:
     """``trained``, ``pretrained``, ``auto``, or the absolute path of an existing model file."""
     value = str(raw).strip()
@@ -346,14 +483,15 @@ def _model_value(section: str, raw: Any) -> str:
     )
 
 
-def choose_model_source(users, parameters, trains: bool, trained_exists) -> str | None:
+def choose_model_source(users, parameters, trains: bool, trained_preferred) -> str | None:
     """The parameter that selects another model than the trained one for this run (e.g.
     ``"evaluate.model=pretrained"``, or ``"evaluate.model=/abs/path/model.safetensors"`` for a
     model file), or None when the run uses the trained ``model``.
 
     ``users``: the run's nodes reading ``model`` (their tag, ``evaluate`` or ``inpaint``,
     names the parameter section); ``trains``: the run also writes ``model``;
-    ``trained_exists``: a callable saying whether a trained model is saved. Raises
+    ``trained_preferred``: a callable saying whether ``auto`` takes the saved trained model
+    (:func:`project_model_preferred`; asked only for ``auto`` in a run that does not train). Raises
     ValueError for an unknown value (neither a choice nor an existing file), for another
     model in a run that trains, and for two sections asking for different models in one run.
     """
@@ -365,7 +503,7 @@ def choose_model_source(users, parameters, trains: bool, trained_exists) -> str 
             continue
         value = _model_value(section, (parameters.get(section) or {}).get("model", "trained"))
         if value == "auto":
-            value = "trained" if trains or trained_exists() else "pretrained"
+            value = "trained" if trains or trained_preferred() else "pretrained"
         resolved[f"{section}.model"] = value
     chosen = sorted({v for v in resolved.values() if v != "trained"})
     if not chosen:

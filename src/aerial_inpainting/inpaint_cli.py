@@ -71,8 +71,9 @@ directory, an MLflow URI (runs:/<run_id>/model, models:/<name>/<version>), looke
 in the project's MLflow store (or MLFLOW_TRACKING_URI), or `pretrained`: the model
 shipped with the package (trained on SkyView aerial photographs; MODEL_CARD.md). Without
 --model, the latest version under data/06_models/pconv_unet.safetensors/ of the Kedro
-project containing the current directory (or --project-dir) is used, and the pretrained
-model when there is none (stderr says which). Model files are read without running any
+project containing the current directory (or --project-dir) is used when its recorded
+test score is not below the pretrained model's (PSNR; `kedro run` records it), else the
+pretrained model (stderr says which and why). Model files are read without running any
 code from them; old *.pt files: python -m aerial_inpainting.convert_model FILE.
 
 folders: aerial-inpaint --input-dir DIR --mask-dir DIR --output-dir DIR inpaints every
@@ -146,7 +147,8 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--model",
         metavar="PATH-or-URI",
         help="model file, folder, MLflow URI, or `pretrained` (the model shipped with the "
-        "package); default: the project's latest trained model, else the pretrained one",
+        "package); default: the project's latest trained model when its recorded test score "
+        "is not below the pretrained one's, else the pretrained one",
     )
     parser.add_argument(
         "--invert-mask", action="store_true", help="the mask is white = fill, black = keep"
@@ -355,7 +357,9 @@ def choose_model(model: str | None, project_dir: str | Path | None = None) -> Mo
 
     ``pretrained`` selects the shipped model. Without ``--model``: the latest trained
     version of the Kedro project (``project_dir`` or the one containing the working
-    directory), else the shipped model; the label says which and why.
+    directory) when its recorded test score is not below the shipped model's
+    (:mod:`aerial_inpainting.model_selection`), else the shipped model; the label says
+    which and why.
     """
     from aerial_inpainting.pretrained_model import is_pretrained
 
@@ -370,7 +374,12 @@ def choose_model(model: str | None, project_dir: str | Path | None = None) -> Mo
     dataset = Path(root) / MODEL_DATASET_PATH
     found = latest_model_version(dataset)
     if found is not None:
-        return ModelChoice(found, f"model: latest trained model of the project, {found}")
+        use_project, reason = _project_model_verdict(found, Path(root))
+        if use_project:
+            return ModelChoice(
+                found, f"model: latest trained model of the project, {found} [{reason}]"
+            )
+        return _pretrained_choice(f"not the project's latest model {found}: {reason}")
     legacy = latest_model_version(Path(root) / LEGACY_MODEL_DATASET_PATH)
     hint = (
         f"; an old-format model exists ({legacy}): convert it with "
@@ -379,6 +388,24 @@ def choose_model(model: str | None, project_dir: str | Path | None = None) -> Mo
         else ""
     )
     return _pretrained_choice(f"no trained model in {dataset}{hint}")
+
+
+def _project_model_verdict(path: Path, root: Path) -> tuple[bool, str]:
+    """Whether the project's latest model (``path``) beats the shipped one on the project's
+    recorded test scores, and why (:mod:`aerial_inpainting.model_selection`)."""
+    from aerial_inpainting.model_selection import MODEL_SCORES_PATH, read_records, select_latest
+    from aerial_inpainting.pconv.checkpoint import load_model
+    from aerial_inpainting.pretrained_model import PretrainedModelError
+
+    try:
+        model = load_model(path, map_location="cpu")
+    except Exception as exc:  # a bad file: the shipped model, and the line says why
+        return False, f"it cannot be loaded ({exc})"
+    try:
+        verdict = select_latest(model, read_records(root / MODEL_SCORES_PATH))
+    except PretrainedModelError as exc:  # no shipped model to compare with: the project's
+        return True, f"no shipped model to compare with ({exc})"
+    return verdict.use_project, verdict.reason
 
 
 def _pretrained_choice(reason: str) -> ModelChoice:

@@ -5,8 +5,11 @@ The files live in ``aerial_inpainting/pretrained_models/`` (package data, in eve
 * ``<name>.safetensors``: a project model file (:func:`aerial_inpainting.pconv.checkpoint.save_model`
   format: weights, the network's config as JSON in the header), weights stored as float16;
 * ``<name>.json``: the network's config, the file's sha256, its size and dtype, where it came
-  from (the source model file's name, sha256 and recorded training information) and the
-  float16-vs-float32 check made when it was built. ``MODEL_CARD.md`` (repository root)
+  from (the source model file's name, sha256 and recorded training information), the
+  float16-vs-float32 check made when it was built, the digest of its weights
+  (``weights_digest``) and its scores on test splits (``test_scores``: each the split's
+  definition and the mean PSNR/SSIM/LPIPS; ``auto`` model selection compares a project's
+  model with these, :mod:`aerial_inpainting.model_selection`). ``MODEL_CARD.md`` (repository root)
   describes the model: data, recipe, intended use and limits, figures.
 
 Loading (:func:`load_pretrained`) never unpickles anything: the weights are read by
@@ -322,6 +325,16 @@ def build_pretrained(
         info["fp16_check" if dtype == "float16" else f"{dtype}_check"] = compare_outputs(
             reference, stored_model, n_images=check_images
         )
+    from aerial_inpainting.model_selection import weights_digest
+
+    info["weights_digest"] = weights_digest(stored_model)  # names it in `auto`'s score records
+    try:  # test scores recorded for these very weights stay; a new model has none yet
+        previous = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        previous = {}
+    same = isinstance(previous, dict) and previous.get("sha256") == info["sha256"]
+    if same and previous.get("test_scores"):
+        info["test_scores"] = previous["test_scores"]
     text = json.dumps(info, indent=2, sort_keys=True, default=str) + "\n"
     atomic_write_bytes(config_file, text.encode("utf-8"))
     for path in (weights, config_file):  # package data: readable by every user once installed

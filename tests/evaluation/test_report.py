@@ -89,6 +89,9 @@ def test_headline_markdown_and_mlflow_metrics(per_image: pd.DataFrame) -> None:
 
     md = report.summary_markdown(summary, notes=["a note"])
     assert expected in md and "OpenCV Telea" in md and "- a note" in md
+    assert "undertrained" not in md
+    md_cut = report.summary_markdown(summary, notes=["a note"], training=cut_short)
+    assert f"**{text} (undertrained: 219 of 6,000 steps in the 6-minute budget; " in md_cut
     assert "| 0.3-0.4 |" in md and "| Forest |" in md
 
     metrics = report.mlflow_metrics(summary)

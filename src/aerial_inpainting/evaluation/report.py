@@ -184,13 +184,19 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return lines
 
 
-def summary_markdown(summary: pd.DataFrame, notes: Sequence[str] = ()) -> str:
-    """A Markdown report: headline, overall table, then PSNR/SSIM/LPIPS per hole-ratio bucket and class."""
+def summary_markdown(
+    summary: pd.DataFrame,
+    notes: Sequence[str] = (),
+    training: Mapping[str, Any] | None = None,
+) -> str:
+    """A Markdown report: headline, overall table, then PSNR/SSIM/LPIPS per hole-ratio bucket
+    and class. ``training``: the model's training summary; the headline then carries
+    ``(undertrained: ...)`` as the logged one does (:func:`headline`)."""
     methods = _method_order(summary["method"].unique())
     metrics = [m for m in METRICS if f"{m}_mean" in summary.columns]
     lines = ["# Evaluation on the test split", ""]
     if overall(summary, MODEL) is not None:
-        lines += [f"**{headline(summary)}**", ""]
+        lines += [f"**{headline(summary, training=training)}**", ""]
     lines += ["## Overall (mean ± std over images)", ""]
     rows = []
     for method in methods:

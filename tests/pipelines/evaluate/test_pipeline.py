@@ -241,6 +241,13 @@ def test_evaluate_pipeline_end_to_end(kedro_project: Path, capsys: pytest.Captur
     assert run.data.metrics["evaluate_large_holes.model.psnr_mean"] == pytest.approx(
         large.loc[large.method == "model", "psnr"].mean()
     )
+    # The model's score, recorded for `auto` model selection under its weights' digest.
+    from aerial_inpainting.model_selection import read_records, weights_digest
+
+    (record,) = read_records(reporting / "model_scores")
+    assert record["weights_digest"] == weights_digest(_tiny_model())
+    assert record["scores"]["psnr_mean"] == pytest.approx(model_psnr.mean())
+    assert record["split"]["n_images"] == len(split) and record["split"]["split_seed"] == 42
     artefacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
     assert {
         "evaluation/evaluation_per_image.csv",

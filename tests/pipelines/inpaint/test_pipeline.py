@@ -82,7 +82,8 @@ def test_inpaint_pipeline_fills_images_and_lists_problems(kedro_project, kedro_r
     ) as dst:  # fmt: skip
         dst.write(ortho)
 
-    kedro_runner(project, "inpaint", {"inpaint.progress_bar": False})
+    # the project's (unscored) model, not `auto`'s choice (which would be the shipped one)
+    kedro_runner(project, "inpaint", {"inpaint.progress_bar": False, "inpaint.model": "trained"})
 
     with rasterio.open(project / "data/07_model_output/inpainted_geotiff/ortho.tif") as src:
         assert src.crs == rasterio.crs.CRS.from_string(geo["crs"])

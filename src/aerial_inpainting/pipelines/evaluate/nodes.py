@@ -292,9 +292,13 @@ def compute_metrics(
 
 
 def summarise_evaluation(
-    evaluation_per_image: pd.DataFrame, params: Mapping[str, Any]
+    evaluation_per_image: pd.DataFrame,
+    params: Mapping[str, Any],
+    model: torch.nn.Module | None = None,
 ) -> tuple[pd.DataFrame, str, dict[str, dict[str, float | int]]]:
-    """Summary table (CSV), the Markdown report and the MLflow metrics."""
+    """Summary table (CSV), the Markdown report and the MLflow metrics. ``model``: the
+    evaluated model; when its training run was cut short (``model.extra["training"]``), the
+    report's headline says so, as the logged headline does (:func:`report_headline`)."""
     params = EvaluateParams.parse(params)
     summary = report.summarise(evaluation_per_image)
     notes = []
@@ -318,7 +322,9 @@ def summarise_evaluation(
             "LPIPS was not computed (ImageNet weights absent: run `aerial-inpainting weights "
             "fetch`, or `evaluate.lpips_net` is none)."
         )
-    return summary, report.summary_markdown(summary, notes), report.mlflow_metrics(summary)
+    training = (getattr(model, "extra", None) or {}).get("training")
+    markdown = report.summary_markdown(summary, notes, training=training)
+    return summary, markdown, report.mlflow_metrics(summary)
 
 
 def plot_evaluation(evaluation_per_image: pd.DataFrame) -> Figure:
@@ -359,3 +365,38 @@ def report_headline(evaluation_summary: pd.DataFrame, model: torch.nn.Module) ->
     else:
         logger.info(text)
     print(text)
+
+
+def record_model_score(
+    evaluation_summary: pd.DataFrame,
+    model: torch.nn.Module,
+    test_split: pd.DataFrame,
+    data_processing: Mapping[str, Any],
+) -> dict[str, dict[str, Any]]:
+    """The evaluated model's score on this test split, as one record for ``auto`` model
+    selection (:mod:`aerial_inpainting.model_selection`): ``{"<weights digest>_<split
+    digest>": record}`` (a partition of the catalog's ``model_scores``). The record names the
+    model by a digest of its weights and the split by the parameters that fix it
+    (``params:data_processing``, the data source, the number of test images scored)."""
+    from aerial_inpainting.model_selection import (
+        score_record,
+        split_definition,
+        split_digest,
+        weights_digest,
+    )
+
+    has_source = "data_source" in test_split and len(test_split)
+    sources = sorted(set(test_split["data_source"].astype(str))) if has_source else ["unknown"]
+    overall = evaluation_summary[
+        (evaluation_summary["method"] == "model") & (evaluation_summary["group_type"] == "overall")
+    ]
+    n_images = int(overall["n"].iloc[0]) if len(overall) else len(test_split)
+    definition = split_definition(data_processing, "+".join(sources), n_images)
+    digest = weights_digest(model)
+    record = score_record(evaluation_summary, digest, definition)
+    logger.info(
+        "Recorded the model's test score (weights %s) for `auto` model selection: PSNR %.2f dB",
+        digest,
+        record["scores"]["psnr_mean"],
+    )
+    return {f"{digest}_{split_digest(definition)}": record}

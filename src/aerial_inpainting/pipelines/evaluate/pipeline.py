@@ -14,6 +14,7 @@ from .nodes import (
     plot_evaluation_examples,
     predict_test_images,
     prepare_evaluation_set,
+    record_model_score,
     report_headline,
     summarise_evaluation,
 )
@@ -57,7 +58,7 @@ def _scoring(split: str, masks: str, mask_index: str) -> Pipeline:
             ),
             Node(
                 func=summarise_evaluation,
-                inputs=["evaluation_per_image", "params:evaluate"],
+                inputs=["evaluation_per_image", "params:evaluate", "model"],
                 outputs=["evaluation_summary", "evaluation_summary_markdown", "evaluation_metrics"],
                 name="summarise_evaluation",
                 tags=[TAG],
@@ -100,6 +101,18 @@ def create_pipeline(**kwargs) -> Pipeline:
                     ],
                     outputs="evaluation_examples",
                     name="plot_evaluation_examples",
+                    tags=[TAG],
+                ),
+                Node(
+                    func=record_model_score,
+                    inputs=[
+                        "evaluation_summary",
+                        "model",
+                        "test_split",
+                        "params:data_processing",
+                    ],
+                    outputs="model_scores",
+                    name="record_model_score",
                     tags=[TAG],
                 ),
                 Node(
