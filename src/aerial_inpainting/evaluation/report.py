@@ -252,8 +252,8 @@ def _bucket_rank(bucket: str) -> tuple[int, str]:
     return (BUCKETS.index(bucket) if bucket in BUCKETS else len(BUCKETS), bucket)
 
 
-def _margin_text(row: pd.Series) -> str:
-    digits = 2 if row["metric"] == "psnr" else 4
+def _margin_text(row: pd.Series, metric: str) -> str:
+    digits = 2 if metric == "psnr" else 4
     se = "–" if math.isnan(row["stderr"]) else f"{row['stderr']:.{digits}f}"
     return f"{row['diff']:+.{digits}f} ± {se} ({row['won']:.0%})"
 
@@ -277,7 +277,7 @@ def margins_markdown(margins: pd.DataFrame) -> list[str]:
     for baseline in baselines:
         part = overall_rows[overall_rows["baseline"] == baseline].set_index("metric")
         cells = [METHOD_LABELS.get(baseline, baseline), int(part["n"].max())]
-        cells += [_margin_text(part.loc[m]) if m in part.index else "–" for m in metrics]
+        cells += [_margin_text(part.loc[m], m) if m in part.index else "–" for m in metrics]
         rows.append(cells)
     lines += _table(["Baseline", "Images"] + [f"{m.upper()} margin" for m in metrics], rows)
     buckets = margins[margins["group_type"] == "bucket"]
@@ -291,7 +291,7 @@ def margins_markdown(margins: pd.DataFrame) -> list[str]:
             cells = [group]
             for baseline in baselines:
                 hit = part[(part["group"] == group) & (part["baseline"] == baseline)]
-                cells.append("–" if hit.empty else _margin_text(hit.iloc[0]))
+                cells.append("–" if hit.empty else _margin_text(hit.iloc[0], metric))
             rows.append(cells)
         lines += ["", f"### {metric.upper()} margin per hole-ratio bucket", ""]
         lines += _table(["Hole-ratio bucket"] + [METHOD_LABELS.get(b, b) for b in baselines], rows)
