@@ -277,7 +277,8 @@ def test_evaluate_pipeline_end_to_end(kedro_project: Path, capsys: pytest.Captur
     per_image = pd.read_csv(
         next((reporting / "evaluation_per_image.csv").iterdir()) / "evaluation_per_image.csv"
     )
-    assert len(per_image) == 8 * 5 + 3  # model, telea, navier_stokes, mean_fill, pull_push + 3
+    # model, telea, navier_stokes, mean_fill, pull_push + biharmonic and PatchMatch on 3 each
+    assert len(per_image) == 8 * 5 + 3 + 3
     # Rows scored in the worker processes line up with their images (reference: skimage).
     telea = per_image[per_image.method == "telea"].set_index("mask_id")
     for _, r in index.iterrows():
@@ -298,6 +299,11 @@ def test_evaluate_pipeline_end_to_end(kedro_project: Path, capsys: pytest.Captur
     assert run.data.metrics["evaluate.model.psnr_mean"] == pytest.approx(model_psnr.mean())
     assert run.data.metrics["evaluate.telea.ssim_mean"] == pytest.approx(
         summary.query("method == 'telea' and group_type == 'overall'")["ssim_mean"].iloc[0]
+    )
+    pm = per_image[per_image.method == "patchmatch"].set_index("mask_id")
+    paired = model_psnr.set_axis(per_image.loc[per_image.method == "model", "mask_id"])
+    assert run.data.metrics["evaluate.model_vs_patchmatch.psnr_diff"] == pytest.approx(
+        (paired.loc[pm.index] - pm["psnr"]).mean()
     )
     # The large-hole masks: their own rows (summary files, MLflow metrics), 5 sampled images.
     large = pd.read_csv(
