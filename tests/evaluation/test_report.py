@@ -204,6 +204,15 @@ def test_paired_margins_against_a_loop_over_images(per_image: pd.DataFrame) -> N
                 assert hit.iloc[0]["diff"] == pytest.approx(diffs[in_bucket].mean())
 
     summary = report.summarise(frame)
+    # the headline: Telea and PatchMatch beside the model, the sampled one with its count
+    text = report.headline(summary)
+    pm_rows = frame[frame.method == "patchmatch"]
+    assert text.endswith(
+        f"; PatchMatch (pypatchmatch) on 6 images: {pm_rows.psnr.mean():.2f} ± "
+        f"{pm_rows.psnr.std():.2f} dB, {pm_rows.ssim.mean():.4f} ± {pm_rows.ssim.std():.4f}, "
+        f"LPIPS {pm_rows.lpips.mean():.4f} ± {pm_rows.lpips.std():.4f})"
+    )
+    assert "(n=12; OpenCV Telea: " in text
     md = report.summary_markdown(summary, margins=margins)
     assert "## Paired margins of the model over each baseline" in md
     assert "| PatchMatch (pypatchmatch) | 6 |" in md and "| OpenCV Telea | 12 |" in md

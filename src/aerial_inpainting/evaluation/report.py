@@ -121,11 +121,14 @@ def undertrained_note(training: Mapping[str, Any] | None) -> str | None:
 
 
 def headline(
-    summary: pd.DataFrame, baseline: str = "telea", training: Mapping[str, Any] | None = None
+    summary: pd.DataFrame,
+    baseline: str | Sequence[str] = ("telea", "patchmatch"),
+    training: Mapping[str, Any] | None = None,
 ) -> str:
-    """The original design's one-liner for the model, LPIPS added, with a baseline's figures
-    beside it, and ``(undertrained: ...)`` when the model's training run was cut short
-    (``training``: see :func:`undertrained_note`)."""
+    """The original design's one-liner for the model, LPIPS added, with the baselines' figures
+    beside it (``baseline``: one name or several, those evaluated; a baseline run on a sample
+    says on how many images), and ``(undertrained: ...)`` when the model's training run was
+    cut short (``training``: see :func:`undertrained_note`)."""
     model = overall(summary, MODEL)
     if model is None:
         raise ValueError("The summary has no 'model' rows: nothing to report")
@@ -134,13 +137,20 @@ def headline(
         f"Mean SSIM: {model['ssim_mean']:.4f} ± {model['ssim_std']:.4f}, "
         f"Mean LPIPS: {_lpips_text(model)}"
     )
-    base = overall(summary, baseline)
-    if base is not None:
-        text += (
-            f" (n={int(model['n'])}; {METHOD_LABELS.get(baseline, baseline)}: "
-            f"{base['psnr_mean']:.2f} ± {base['psnr_std']:.2f} dB, "
-            f"{base['ssim_mean']:.4f} ± {base['ssim_std']:.4f}, LPIPS {_lpips_text(base)})"
+    parts = []
+    for name in [baseline] if isinstance(baseline, str) else baseline:
+        base = overall(summary, name)
+        if base is None:
+            continue
+        label = METHOD_LABELS.get(name, name)
+        if int(base["n"]) != int(model["n"]):
+            label += f" on {int(base['n'])} images"
+        parts.append(
+            f"{label}: {base['psnr_mean']:.2f} ± {base['psnr_std']:.2f} dB, "
+            f"{base['ssim_mean']:.4f} ± {base['ssim_std']:.4f}, LPIPS {_lpips_text(base)}"
         )
+    if parts:
+        text += f" (n={int(model['n'])}; " + "; ".join(parts) + ")"
     note = undertrained_note(training)
     if note:
         text += f" ({note})"

@@ -423,13 +423,19 @@ def plot_evaluation_examples(
     )
 
 
+HEADLINE_BASELINES = ("telea", "patchmatch")
+"""The baselines whose figures the headline gives beside the model's (those evaluated): the
+best classical method of each family, diffusion and exemplar-based."""
+
+
 def report_headline(evaluation_summary: pd.DataFrame, model: torch.nn.Module) -> None:
-    """Log and print the headline: the model's composite PSNR/SSIM with Telea's beside it,
+    """Log and print the headline: the model's composite PSNR/SSIM/LPIPS with Telea's and
+    PatchMatch's beside it (:data:`HEADLINE_BASELINES`),
     and ``(undertrained: 219 of 6,000 steps in the 6-minute budget; ...)`` when the evaluated
     model's training run was cut short by its wall-time budget (the summary its file's header
     holds, ``model.extra["training"]``; a WARNING then)."""
     training = (getattr(model, "extra", None) or {}).get("training")
-    text = report.headline(evaluation_summary, baseline="telea", training=training)
+    text = report.headline(evaluation_summary, baseline=HEADLINE_BASELINES, training=training)
     if report.undertrained_note(training):
         logger.warning(text)
     else:
