@@ -502,7 +502,11 @@ def plot_examples(
     columns = example_columns(list(fills))
     n = len(images)
     fig, axes = plt.subplots(
-        max(n, 1), len(columns), figsize=(2.4 * len(columns), 2.6 * max(n, 1)), squeeze=False
+        max(n, 1),
+        len(columns),
+        figsize=(2.4 * len(columns), 2.8 * max(n, 1)),
+        squeeze=False,
+        layout="constrained",  # room for every title and the suptitle, no overlaps
     )
     for r in range(n):
         valid = np.asarray(masks[r]).astype(bool)
@@ -524,9 +528,8 @@ def plot_examples(
             ax.set_title(title, fontsize=8)
         axes[r, 0].set_ylabel(labels[r], fontsize=8)
     fig.suptitle(
-        f"Holes drawn in {HOLE_COLOUR_NAME} in the input; each method's fill composited on the "
-        "ground truth outside the hole (PSNR of that composite)",
+        f"Holes drawn in {HOLE_COLOUR_NAME} in the input; each fill composited on the ground "
+        "truth outside the hole, with that composite's PSNR",
         fontsize=9,
     )
-    fig.tight_layout()
     return fig
