@@ -35,7 +35,8 @@ BASELINES = ("telea", "navier_stokes", "biharmonic", "mean_fill", "pull_push", "
 
 SAMPLE_PARAMETERS = {"biharmonic": "biharmonic_sample", "patchmatch": "patchmatch_sample"}
 """The slow baselines and the ``evaluate:`` key holding the size of the seeded sample of the
-evaluation images each runs on (one draw, :func:`seeded_sample`, shared by all of them)."""
+evaluation images each runs on (one draw shared by all of them:
+:func:`aerial_inpainting.pipelines.evaluate.nodes.seeded_sample`)."""
 
 
 def _check(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -168,7 +169,9 @@ def patchmatch(
     pixels a side are compared (sum of squared differences over the three channels). The
     search is randomised; its generator (a Mersenne Twister in the native code) is reset to
     ``seed`` (modulo 2**32) before each image, so the same image, mask, patch size and seed
-    give the same bytes whatever ran before in the process. An image without valid pixels
+    give the same bytes whatever ran before in the process (the seed is process-wide state of
+    the native library: call it from one thread per process, as the scoring pool does; the
+    library has no per-call seed argument). An image without valid pixels
     gets :func:`mean_fill` (mid-grey): there is nothing to copy from.
 
     Raises RuntimeError naming the reason when the library is unavailable

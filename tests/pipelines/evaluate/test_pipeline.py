@@ -143,7 +143,7 @@ def test_nodes_score_the_model_and_every_baseline_against_skimage() -> None:
     _summary, markdown, metrics = nodes.summarise_evaluation(per_image, PARAMS)
     assert "seeded random sample of 3 of the 8" in markdown
     assert metrics["model.n_images"]["value"] == 8.0
-    assert "PatchMatch (pypatchmatch) (slow) ran on a seeded random sample of 3" in markdown
+    assert "PatchMatch (pypatchmatch) is slow: it ran on a seeded random sample of 3" in markdown
     assert "## Paired margins of the model over each baseline" in markdown
     assert "model_vs_patchmatch.psnr_diff" in metrics
     fig = nodes.plot_evaluation_examples(images, eval_set, eval_masks, outputs, per_image, PARAMS)

@@ -249,7 +249,8 @@ def compute_metrics(
 
     The slow baselines run on one seeded sample (``biharmonic_sample``, ``patchmatch_sample``
     images: :func:`seeded_sample`); a baseline that cannot run here (PatchMatch without
-    ``pypatchmatch``) is skipped with one WARNING. Chunks of ``metrics_batch_size`` images are scored by ``num_workers`` processes (``auto``: one per CPU).
+    ``pypatchmatch``) is skipped with one WARNING. Chunks of ``metrics_batch_size`` images
+    are scored by ``num_workers`` processes (``auto``: one per CPU).
     ``lpips_net`` (``alex``, ``vgg`` or ``none``) picks the LPIPS backbone; without its
     converted ImageNet weights the ``lpips`` column is NaN and one WARNING names the command
     that fetches them.
@@ -340,7 +341,7 @@ def summarise_evaluation(
         n_sampled = int((evaluation_per_image["method"] == name).sum())
         if n_sampled and n_sampled < n_model:
             notes.append(
-                f"{report.METHOD_LABELS.get(name, name)} (slow) ran on a seeded random sample "
+                f"{report.METHOD_LABELS.get(name, name)} is slow: it ran on a seeded random sample "
                 f"of {n_sampled} of the {n_model} test images (`evaluate.{key}`, seed "
                 f"{params.seed}); its figures are over that sample, and its paired margins "
                 "compare the model on the same images."
