@@ -9,10 +9,14 @@ model and every baseline on all of them with the pipeline's own nodes and the pa
 ``conf/base/parameters_evaluate.yml`` (slow baselines not sub-sampled again). Prints and
 writes to ``--out`` each method's mean PSNR/SSIM/LPIPS and the paired margins of the model,
 and of PatchMatch, over Telea; ``--figure`` draws the pipeline's ``evaluation_examples`` of
-the sample (not for committing when the photographs may not be redistributed)::
+the sample (not for committing when the photographs may not be redistributed; ``--synthetic``
+scores the project's synthetic scenes instead, whose figure may be)::
 
     python benchmarks/baselines_sample.py --data-dir ../main/data --n-images 50 \
         --out benchmarks/results/baselines_sample.json
+    python benchmarks/baselines_sample.py --synthetic --n-images 24 \
+        --num-examples 1 --dpi 80 --palette \
+        --figure docs/images/evaluation_examples_synthetic.png
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import yaml
 
 from aerial_inpainting.datasets import read_binary_mask
 from aerial_inpainting.evaluation import report
+from aerial_inpainting.imaging.buckets import BUCKET_LABELS
 from aerial_inpainting.pipelines.evaluate import nodes
 from aerial_inpainting.pretrained_model import load_pretrained
 
@@ -54,6 +59,43 @@ def load_test_split(data_dir: Path) -> tuple[np.ndarray, pd.DataFrame, pd.DataFr
     return images, split, index, masks
 
 
+def synthetic_test_split(
+    n: int, size: int, seed: int
+) -> tuple[np.ndarray, pd.DataFrame, pd.DataFrame, dict]:
+    """The same four inputs from the project's synthetic scenes (every class in turn) and
+    masks drawn by the project's generator evenly over the six hole-ratio buckets:
+    redistributable images, for figures that may be committed."""
+    from aerial_inpainting.imaging.buckets import bucket_of
+    from aerial_inpainting.imaging.masks import mask_in_bucket, mask_rng
+    from aerial_inpainting.imaging.synthetic import SYNTHETIC_CLASSES, generate_scene, scene_rng
+
+    classes = [SYNTHETIC_CLASSES[i % len(SYNTHETIC_CLASSES)] for i in range(n)]
+    images = np.stack(
+        [generate_scene(c, scene_rng(seed, c, i), size) for i, c in enumerate(classes)]
+    )
+    split = pd.DataFrame(
+        {
+            "image_id": [f"{c}_{i:03d}" for i, c in enumerate(classes)],
+            "class_name": classes,
+            "row": range(n),
+        }
+    )
+    masks, index = {}, []
+    for i, image_id in enumerate(split["image_id"]):
+        mask = mask_in_bucket(size, BUCKET_LABELS[i % len(BUCKET_LABELS)], mask_rng(seed, 7, i))
+        masks[f"test_{i:05d}"] = mask.astype(np.uint8)
+        ratio = float((mask == 0).mean())
+        index.append(
+            {
+                "mask_id": f"test_{i:05d}",
+                "image_id": image_id,
+                "hole_ratio": ratio,
+                "bucket": bucket_of(ratio),
+            }
+        )
+    return images, split, pd.DataFrame(index), masks
+
+
 def run(args: argparse.Namespace) -> dict:
     params = yaml.safe_load((ROOT / "conf/base/parameters_evaluate.yml").read_text())["evaluate"]
     params |= {
@@ -63,8 +105,12 @@ def run(args: argparse.Namespace) -> dict:
         "biharmonic_sample": None,  # the sample drawn here is the one every method runs on
         "patchmatch_sample": None,
         "seed": args.seed,
+        "num_examples": args.num_examples,
     }
-    images, split, index, masks = load_test_split(args.data_dir)
+    if args.synthetic:
+        images, split, index, masks = synthetic_test_split(args.n_images, 256, args.seed)
+    else:
+        images, split, index, masks = load_test_split(args.data_dir)
     evaluation_set, evaluation_masks = nodes.prepare_evaluation_set(split, index, masks)
     keep = nodes.seeded_sample(len(evaluation_set), args.n_images, args.seed)
     evaluation_set = evaluation_set.iloc[keep].reset_index(drop=True)
@@ -78,7 +124,13 @@ def run(args: argparse.Namespace) -> dict:
         figure = nodes.plot_evaluation_examples(
             images, evaluation_set, evaluation_masks, outputs, per_image, params
         )
-        figure.savefig(args.figure, dpi=100)
+        figure.savefig(args.figure, dpi=args.dpi)
+        if args.palette:  # a 256-colour PNG: a third of the size, for figures kept in git
+            from PIL import Image
+
+            with Image.open(args.figure) as image:
+                small = image.convert("RGB").quantize(256)
+            small.save(args.figure, optimize=True)
     summary = report.summarise(per_image)
     overall = summary[summary["group_type"] == "overall"].set_index("method")
     methods = {
@@ -97,7 +149,7 @@ def run(args: argparse.Namespace) -> dict:
         }
     return {
         "command": "python " + " ".join(sys.argv),
-        "data_dir": str(args.data_dir),
+        "data": "synthetic scenes" if args.synthetic else str(args.data_dir),
         "n_images": len(evaluation_set),
         "seed": args.seed,
         "model": "shipped (pretrained) model",
@@ -112,10 +164,18 @@ def run(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=Path, default=ROOT / "data")
+    parser.add_argument(
+        "--synthetic",
+        action="store_true",
+        help="the project's synthetic scenes and generated masks instead of --data-dir",
+    )
     parser.add_argument("--n-images", type=int, default=50)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--num-examples", type=int, default=3, help="best/median/worst each")
+    parser.add_argument("--dpi", type=int, default=100, help="of --figure")
+    parser.add_argument("--palette", action="store_true", help="--figure as a 256-colour PNG")
     parser.add_argument(
         "--figure", type=Path, default=None, help="evaluation_examples figure of the sample (PNG)"
     )
