@@ -9,9 +9,9 @@ evaluation under 3 minutes on 2 cores.
 The headline figure is measured, not projected: ``end-to-end`` runs what the ``evaluate``
 pipeline's two heavy nodes run, ``predict_test_images`` (``predict_images``: the CPU-scale model
 that the default training parameters produce, batch ``--batch-size``, channels_last) then
-``compute_metrics`` (``evaluation.scoring.score_chunks``: every baseline, biharmonic on a seeded
-sample of ``--biharmonic-sample`` images, and every metric, on ``--workers`` processes, the
-node's chunking), on all ``--n-images`` images (real SkyView images from ``--images-dir`` when
+``compute_metrics`` (``evaluation.scoring.score_chunks``: every baseline, biharmonic and
+PatchMatch on one seeded sample of ``--biharmonic-sample`` images, and every metric, on
+``--workers`` processes, the node's chunking), on all ``--n-images`` images (real SkyView images from ``--images-dir`` when
 given, else seeded synthetic scenes; masks drawn by the project's generator, evenly over the six
 hole-ratio buckets), as the median of ``--repeats`` runs.
 
@@ -20,7 +20,8 @@ For the breakdown each stage is timed alone on the first ``--stage-images`` imag
 
 * ``model[...]``: ``predict_images`` with a randomly initialised PConvUNet: the CPU-scale
   config (depth 5, 32..256) and the paper-size default (depth 7, 64..512);
-* ``telea``, ``navier_stokes``, ``biharmonic``, ``mean_fill``: the baselines (one thread);
+* ``telea``, ``navier_stokes``, ``biharmonic``, ``mean_fill``, ``pull_push``, ``patchmatch``:
+  the baselines (one thread; PatchMatch only where ``pypatchmatch`` can be imported);
 * ``lpips``: the LPIPS of one method's composites (``LPIPSScorer``, 1 thread), and the ground
   truth's features, computed once per image for all methods;
 * ``metrics``: ``inpainting_metrics`` for one method (composite PSNR/SSIM, hole PSNR/L1), and
@@ -61,12 +62,14 @@ from aerial_inpainting.imaging.synthetic import SYNTHETIC_CLASSES, generate_scen
 from aerial_inpainting.pconv.devices import resolve_device
 from aerial_inpainting.pconv.unet import PConvUNet, UNetConfig
 from aerial_inpainting.pipelines.evaluate.nodes import (
-    biharmonic_sample,
     predict_images,
+    seeded_sample,
 )
 from benchmarks.common import RESULTS_DIR, bench, machine_info, markdown_table, setup_torch
 
 CPU_SCALE = "cpu-scale (depth 5, 32-256 ch)"
+BASELINE_PARAMS = {"telea_radius": 3, "ns_radius": 3, "patchmatch_patch_size": 3, "seed": 0}
+METHODS = [m for m in bl.BASELINES if bl.unavailable_reason(m) is None]
 MODEL_CONFIGS = {
     CPU_SCALE: UNetConfig(depth=5, base_channels=32, max_channels=256),
     "paper size (depth 7, 64-512 ch)": UNetConfig(),
@@ -143,9 +146,9 @@ def _scoring(
             images=images[s : s + chunk],
             masks=masks[s : s + chunk],
             model_outputs=outputs[s : s + chunk],
-            biharmonic=in_sample[s : s + chunk],
-            methods=bl.BASELINES,
-            params={"telea_radius": 3, "ns_radius": 3, "lpips_net": lpips_net},
+            samples={name: in_sample[s : s + chunk] for name in bl.SAMPLE_PARAMETERS},
+            methods=METHODS,
+            params={**BASELINE_PARAMS, "lpips_net": lpips_net},
         )
         for s in range(0, len(images), chunk)
     )
@@ -170,7 +173,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     masks = make_masks(args.n_images, args.size, args.seed)
     in_sample = np.zeros(args.n_images, dtype=bool)
     in_sample[
-        biharmonic_sample(args.n_images, min(args.biharmonic_sample, args.n_images), args.seed)
+        seeded_sample(args.n_images, min(args.biharmonic_sample, args.n_images), args.seed)
     ] = True
     stages: dict[str, dict[str, Any]] = {}
 
@@ -190,7 +193,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     sub_images, sub_masks = images[:n], masks[:n]
     n_bih = max(1, round(n * args.biharmonic_sample / args.n_images))
     sub_sample = np.zeros(n, dtype=bool)
-    sub_sample[biharmonic_sample(n, n_bih, args.seed)] = True
+    sub_sample[seeded_sample(n, n_bih, args.seed)] = True
 
     def record(name: str, fn, timed: int, projected_n: int) -> None:
         res = bench(fn, repeats=args.stage_repeats, warmup=1, device=device)
@@ -224,9 +227,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             )
     assert outputs is not None
     # Single-process, single-thread cost of each piece (what one scoring worker does).
-    for name in bl.BASELINES:
-        fn = bl.get_baseline(name, {"telea_radius": 3, "ns_radius": 3})
-        subset = sub_sample if name == "biharmonic" else np.ones(n, dtype=bool)
+    for name in METHODS:
+        fn = bl.get_baseline(name, BASELINE_PARAMS)
+        sampled = name in bl.SAMPLE_PARAMETERS
+        subset = sub_sample if sampled else np.ones(n, dtype=bool)
         with single_threaded():
             record(
                 f"{name} (1 thread)",
@@ -234,9 +238,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     fn, sub_images[subset], sub_masks[subset]
                 ),
                 int(subset.sum()),
-                int(in_sample.sum()) if name == "biharmonic" else args.n_images,
+                int(in_sample.sum()) if sampled else args.n_images,
             )
-    n_methods = 3 * args.n_images + int(in_sample.sum())  # telea, ns, mean_fill + biharmonic
+    n_sampled = sum(m in bl.SAMPLE_PARAMETERS for m in METHODS)
+    n_methods = (len(METHODS) - n_sampled) * args.n_images + n_sampled * int(in_sample.sum())
     if args.lpips_net:
         scorer = get_scorer(args.lpips_net)
         comp = np.where(sub_masks[..., None], sub_images, outputs)

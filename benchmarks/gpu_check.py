@@ -166,6 +166,7 @@ DRY = Sizes(
         "evaluate.device": "cpu",
         "evaluate.num_workers": 1,
         "evaluate.biharmonic_sample": 2,
+        "evaluate.patchmatch_sample": 2,
     },
     limits={  # generous: a shared, loaded CPU can be ten times slower than a quiet one
         "tests": (5, 900),

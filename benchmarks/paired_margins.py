@@ -17,32 +17,30 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-# metric -> +1 when higher is better, -1 when lower is better
-METRICS = {"psnr": 1, "ssim": 1, "lpips": -1}
+from aerial_inpainting.evaluation import report
 
 
 def paired_margins(per_image: pd.DataFrame, model: str, baseline: str) -> dict:
-    """Mean paired difference (model - baseline), its standard error and the win share."""
-    ours = per_image[per_image.method == model].set_index("mask_id")
-    theirs = per_image[per_image.method == baseline].set_index("mask_id").loc[ours.index]
-    out: dict = {"n": len(ours), "overall": {}, "buckets": {}}
-    for metric, sign in METRICS.items():
-        if metric not in ours or ours[metric].isna().all():
-            continue
-        diff = (ours[metric] - theirs[metric]).dropna()
-        out["overall"][metric] = {
-            "model": round(float(ours[metric].mean()), 4),
-            "baseline": round(float(theirs[metric].mean()), 4),
-            "diff": round(float(diff.mean()), 4),
-            "stderr": round(float(diff.std(ddof=1) / np.sqrt(len(diff))), 4),
-            "won": round(float((sign * diff > 0).mean()), 3),
+    """Mean paired difference (model - baseline), its standard error and the win share, as
+    :func:`aerial_inpainting.evaluation.report.paired_margins` computes them (the evaluate
+    pipeline's report), rounded into this script's JSON layout."""
+    table = report.paired_margins(per_image, baseline, model=model)
+    overall = table[table["group_type"] == "overall"]
+    out: dict = {"n": int(overall["n"].max()) if len(overall) else 0, "overall": {}, "buckets": {}}
+    for _, row in overall.iterrows():
+        out["overall"][row["metric"]] = {
+            "model": round(float(row["model"]), 4),
+            "baseline": round(float(row["baseline_mean"]), 4),
+            "diff": round(float(row["diff"]), 4),
+            "stderr": round(float(row["stderr"]), 4),
+            "won": round(float(row["won"]), 3),
         }
-        by_bucket = diff.groupby(ours.loc[diff.index, "bucket"]).mean()
-        for bucket, value in by_bucket.items():
-            out["buckets"].setdefault(str(bucket), {})[metric] = round(float(value), 4)
+    for _, row in table[table["group_type"] == "bucket"].iterrows():
+        out["buckets"].setdefault(str(row["group"]), {})[row["metric"]] = round(
+            float(row["diff"]), 4
+        )
     return out
 
 

@@ -131,6 +131,8 @@ class EvaluateParams(Parameters):
     telea_radius: float
     ns_radius: float
     biharmonic_sample: int | None
+    patchmatch_sample: int | None
+    patchmatch_patch_size: int
     lpips_net: Literal["alex", "vgg", "none"]
     num_examples: int
 

@@ -2,8 +2,8 @@
 
 Callbacks of :func:`aerial_inpainting.pconv.train.train` (called by the master process only):
 
-* :class:`GridWriter`: each validation's image grid (masked input | mask | output | composite |
-  ground truth) as a PNG file in a staging folder; the training node returns them
+* :class:`GridWriter`: each validation's image grid (input with the holes in magenta | mask |
+  output | composite | ground truth, titled) as a PNG file in a staging folder; the training node returns them
   (:func:`read_grids`) as the catalog's ``training_grids``, which logs them to MLflow;
 * :class:`MlflowCallback`: live losses, validation metrics and the run's info (device,
   precision, VGG weights), logged to an MLflow run while the loop runs.
@@ -40,25 +40,88 @@ logger = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------ image grids
+GRID_COLUMNS = (
+    "input (holes in magenta)",
+    "mask (white = valid)",
+    "output",
+    "composite",
+    "ground truth",
+)
+"""The column titles written above a validation grid, left to right."""
+GRID_SHORT_COLUMNS = ("input", "mask", "output", "composite", "truth")
+"""The titles used instead where a title of :data:`GRID_COLUMNS` is wider than its tile."""
+GRID_SEPARATOR = 2  # px of white between tiles
+HOLE_COLOUR = (1.0, 0.0, 1.0)  # magenta, as GRID_COLUMNS says
+
+
+def _grid_font(tile_width: int):
+    """PIL's built-in font (no file read), scaled to the tile where Pillow can (>= 10.1)."""
+    from PIL import ImageFont
+
+    size = grid_font_size(tile_width)
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: the fixed bitmap font only
+        return ImageFont.load_default()
+
+
+def grid_font_size(tile_width: int) -> int:
+    """Font size (px) of the column titles for tiles ``tile_width`` px wide: 8 to 14."""
+    return int(min(14, max(8, tile_width // 12)))
+
+
+def grid_header_height(tile_width: int) -> int:
+    """Height (px) of the title strip above a grid of tiles ``tile_width`` px wide."""
+    return grid_font_size(tile_width) + 6
+
+
+def _header(tile_width: int, n_columns: int) -> np.ndarray:
+    """float32 (h, W, 3) white strip with :data:`GRID_COLUMNS` centred over each column
+    (:data:`GRID_SHORT_COLUMNS` where a title is wider than the tile, clipped if still so)."""
+    from PIL import ImageDraw
+
+    font = _grid_font(tile_width)
+    height = grid_header_height(tile_width)
+    cells = []
+    for title, short in zip(GRID_COLUMNS[:n_columns], GRID_SHORT_COLUMNS, strict=False):
+        cell = Image.new("RGB", (tile_width, height), "white")
+        draw = ImageDraw.Draw(cell)
+        left, top, right, bottom = draw.textbbox((0, 0), title, font=font)
+        if right - left > tile_width - 2:
+            title = short
+            left, top, right, bottom = draw.textbbox((0, 0), title, font=font)
+        x = (tile_width - (right - left)) // 2 - left
+        y = (height - (bottom - top)) // 2 - top
+        draw.text((max(x, 1 - left), y), title, fill="black", font=font)
+        cells.append(np.asarray(cell, dtype=np.float32) / 255.0)
+    sep = np.ones((height, GRID_SEPARATOR, 3), dtype=np.float32)
+    row = [cells[0]]
+    for cell in cells[1:]:
+        row += [sep, cell]
+    return np.concatenate(row, axis=1)
+
+
 def make_grid(
     images: torch.Tensor, masks: torch.Tensor, output: torch.Tensor, comp: torch.Tensor
 ) -> np.ndarray:
-    """uint8 (H, W, 3) grid, one row per image: masked input | mask | output | composite | truth.
+    """uint8 (H, W, 3) grid, one row per image: input | mask | output | composite | truth.
 
-    Inputs are CPU float tensors in [0, 1], (N, 3, H, W) (masks (N, 1, H, W), 1 = valid);
-    holes are shown white in the masked input; tiles are separated by 2-pixel white lines.
+    Inputs are CPU float tensors in [0, 1], (N, 3, H, W) (masks (N, 1, H, W), 1 = valid).
+    A title strip (:data:`GRID_COLUMNS`, :func:`grid_header_height` px) heads the columns;
+    holes are drawn magenta in the input; tiles are separated by 2-pixel white lines.
     """
-    masked = images * masks + (1 - masks)  # holes shown white
+    colour = torch.tensor(HOLE_COLOUR, dtype=images.dtype).view(1, 3, 1, 1)
+    masked = images * masks + colour * (1 - masks)  # holes shown magenta
     columns = [masked, masks.expand_as(images), output, comp, images]
-    rows = []
+    rows = [_header(images.shape[-1], len(columns))]
     for i in range(images.shape[0]):
         tiles = [c[i].clamp(0, 1).permute(1, 2, 0).numpy() for c in columns]
-        sep = np.ones((tiles[0].shape[0], 2, 3), dtype=np.float32)
+        sep = np.ones((tiles[0].shape[0], GRID_SEPARATOR, 3), dtype=np.float32)
         row = [tiles[0]]
         for t in tiles[1:]:
             row += [sep, t]
         rows.append(np.concatenate(row, axis=1))
-        rows.append(np.ones((2, rows[-1].shape[1], 3), dtype=np.float32))
+        rows.append(np.ones((GRID_SEPARATOR, rows[-1].shape[1], 3), dtype=np.float32))
     return (np.concatenate(rows[:-1], axis=0) * 255 + 0.5).astype(np.uint8)
 
 

@@ -157,6 +157,7 @@ def test_the_device_run_rehearsed_on_the_cpu_without_kedro_or_mlflow(
         params = {
             "model": str(model),
             "biharmonic_sample": 2,
+            "patchmatch_sample": 2,
             "num_workers": 1,
             "lpips_net": "alex",
         }

@@ -17,7 +17,7 @@ from aerial_inpainting.pconv.checkpoint import list_checkpoints
 from aerial_inpainting.pconv.data import InpaintingTrainDataset, validation_batch
 from aerial_inpainting.pconv.devices import resolve_device, resolve_num_workers, resolve_precision
 from aerial_inpainting.pconv.validation import mean_fill
-from aerial_inpainting.tracking import GridWriter
+from aerial_inpainting.tracking import GridWriter, grid_header_height
 
 
 def _data(seed: int = 0) -> T.TrainingData:
@@ -185,8 +185,8 @@ def test_history_validation_and_grids(make_params, tmp_path):
     from PIL import Image
 
     grid = np.asarray(Image.open(grids[-1]))
-    # 2 rows of 5 tiles of 32 px, separated by 2 px
-    assert grid.shape == (2 * 32 + 2, 5 * 32 + 4 * 2, 3)
+    # the column titles, then 2 rows of 5 tiles of 32 px, separated by 2 px
+    assert grid.shape == (grid_header_height(32) + 2 * 32 + 2, 5 * 32 + 4 * 2, 3)
 
 
 def test_mean_fill_fills_holes_with_valid_mean():

@@ -11,6 +11,13 @@ to a uint8 image whose valid pixels are the input's, unchanged: only holes are f
 - ``pull_push``: the pull-push interpolation of Gortler et al. 1996
   (:func:`aerial_inpainting.pconv.pushpull.pull_push_fill`), rounded: the classical fill the
   prefilled network starts from.
+- ``patchmatch``: exemplar-based fill with PatchMatch (Barnes et al. 2009, as the
+  ``pypatchmatch`` wheel implements it; what image editors call content-aware fill): every hole
+  pixel is copied from the best-matching patch of the valid region, coarse to fine. The
+  diffusion methods above fill smoothly; this one copies texture. About a second per
+  256 x 256 image on one core, so the pipeline runs it on a seeded sample, like biharmonic.
+  Optional: ``pypatchmatch`` has wheels for Python >= 3.11 only; where it cannot be imported
+  (:func:`unavailable_reason`) the pipeline skips it with one WARNING.
 """
 
 from __future__ import annotations
@@ -24,7 +31,12 @@ import cv2
 import numpy as np
 from skimage.restoration import inpaint_biharmonic
 
-BASELINES = ("telea", "navier_stokes", "biharmonic", "mean_fill", "pull_push")
+BASELINES = ("telea", "navier_stokes", "biharmonic", "mean_fill", "pull_push", "patchmatch")
+
+SAMPLE_PARAMETERS = {"biharmonic": "biharmonic_sample", "patchmatch": "patchmatch_sample"}
+"""The slow baselines and the ``evaluate:`` key holding the size of the seeded sample of the
+evaluation images each runs on (one draw shared by all of them:
+:func:`aerial_inpainting.pipelines.evaluate.nodes.seeded_sample`)."""
 
 
 def _check(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -124,18 +136,80 @@ def pull_push(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return _keep_valid(image, values.copy(), valid)
 
 
-RADIUS_PARAMETERS = {"telea": "telea_radius", "navier_stokes": "ns_radius"}
+def unavailable_reason(name: str) -> str | None:
+    """Why baseline ``name`` cannot run in this environment, or None when it can.
+
+    Only ``patchmatch`` can be missing: its ``pypatchmatch`` wheel is an optional dependency
+    (Python >= 3.11), and an installation without a wheel for the platform lacks the native
+    library (``patchmatch.patchmatch_available`` is False).
+    """
+    if name != "patchmatch":
+        return None
+    try:
+        import patchmatch as pm
+    except ImportError as exc:
+        return (
+            f"the pypatchmatch package cannot be imported ({exc}); install it with "
+            "`pip install pypatchmatch` (wheels for Python >= 3.11)"
+        )
+    if not getattr(pm, "patchmatch_available", False):
+        return (
+            "pypatchmatch is installed without its native library (no wheel for this platform); "
+            "see https://pypi.org/project/PyPatchMatch/"
+        )
+    return None
+
+
+def patchmatch(
+    image: np.ndarray, mask: np.ndarray, patch_size: int = 3, seed: int = 0
+) -> np.ndarray:
+    """PatchMatch exemplar-based fill (``patchmatch.inpaint`` of the ``pypatchmatch`` wheel).
+
+    ``patch_size`` is the patch *radius* of the library: patches of ``2 * patch_size + 1``
+    pixels a side are compared (sum of squared differences over the three channels). The
+    search is randomised; its generator (a Mersenne Twister in the native code) is reset to
+    ``seed`` (modulo 2**32) before each image, so the same image, mask, patch size and seed
+    give the same bytes whatever ran before in the process (the seed is process-wide state of
+    the native library: call it from one thread per process, as the scoring pool does; the
+    library has no per-call seed argument). An image without valid pixels
+    gets :func:`mean_fill` (mid-grey): there is nothing to copy from.
+
+    Raises RuntimeError naming the reason when the library is unavailable
+    (:func:`unavailable_reason`).
+    """
+    image, valid = _check(image, mask)
+    if valid.all():
+        return image.copy()
+    if not valid.any():
+        return mean_fill(image, mask)
+    reason = unavailable_reason("patchmatch")
+    if reason:
+        raise RuntimeError(f"Baseline patchmatch cannot run: {reason}")
+    import patchmatch as pm
+
+    pm.set_random_seed(int(seed))
+    filled = pm.inpaint(image, ~valid, patch_size=int(patch_size))  # non-zero = hole
+    return _keep_valid(image, filled, valid)
+
+
+BASELINE_PARAMETERS: dict[str, dict[str, str]] = {
+    "telea": {"radius": "telea_radius"},
+    "navier_stokes": {"radius": "ns_radius"},
+    "patchmatch": {"patch_size": "patchmatch_patch_size", "seed": "seed"},
+}
+"""Keyword argument -> ``evaluate:`` key, for the baselines that take parameters."""
 PARAMETERS_FILE = "conf/base/parameters_evaluate.yml"
 
 
 def get_baseline(
     name: str, params: Mapping[str, Any]
 ) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-    """The baseline called ``name``, with its parameter bound.
+    """The baseline called ``name``, with its parameters bound.
 
-    ``params``: the ``evaluate:`` keys the baseline needs, ``telea_radius`` for ``telea``,
-    ``ns_radius`` for ``navier_stokes`` (the others take none). Raises ValueError for an
-    unknown name, or naming the key and its file when the baseline's key is missing.
+    ``params``: the ``evaluate:`` keys the baseline needs (:data:`BASELINE_PARAMETERS`):
+    ``telea_radius`` for ``telea``, ``ns_radius`` for ``navier_stokes``,
+    ``patchmatch_patch_size`` and ``seed`` for ``patchmatch`` (the others take none). Raises
+    ValueError for an unknown name, or naming the key and its file when one is missing.
     """
     table: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
         "telea": telea,
@@ -143,15 +217,18 @@ def get_baseline(
         "biharmonic": biharmonic,
         "mean_fill": mean_fill,
         "pull_push": pull_push,
+        "patchmatch": patchmatch,
     }
     if name not in table:
         raise ValueError(f"Unknown baseline {name!r}; choose from {sorted(table)}")
-    if name not in RADIUS_PARAMETERS:
-        return table[name]
-    key = RADIUS_PARAMETERS[name]
-    if key not in params:
-        raise ValueError(f"evaluate.{key} is missing ({PARAMETERS_FILE}); baseline {name} needs it")
-    return partial(table[name], radius=params[key])
+    bound = {}
+    for argument, key in BASELINE_PARAMETERS.get(name, {}).items():
+        if key not in params:
+            raise ValueError(
+                f"evaluate.{key} is missing ({PARAMETERS_FILE}); baseline {name} needs it"
+            )
+        bound[argument] = params[key]
+    return partial(table[name], **bound) if bound else table[name]
 
 
 def _apply(

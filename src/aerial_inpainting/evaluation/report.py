@@ -36,7 +36,13 @@ METHOD_LABELS = {
     "biharmonic": "Biharmonic (scikit-image)",
     "mean_fill": "Mean-colour fill",
     "pull_push": "Pull-push fill",
+    "patchmatch": "PatchMatch (pypatchmatch)",
 }
+# metric -> +1 when higher is better, -1 when lower is better (the paired margins' "won")
+MARGIN_METRICS = {"psnr": 1, "ssim": 1, "lpips": -1}
+HOLE_COLOUR = (255, 0, 255)
+"""RGB colour the example figures draw holes in (magenta), as their titles say."""
+HOLE_COLOUR_NAME = "magenta"
 
 
 def _present_metrics(per_image: pd.DataFrame) -> list[str]:
@@ -115,11 +121,14 @@ def undertrained_note(training: Mapping[str, Any] | None) -> str | None:
 
 
 def headline(
-    summary: pd.DataFrame, baseline: str = "telea", training: Mapping[str, Any] | None = None
+    summary: pd.DataFrame,
+    baseline: str | Sequence[str] = ("telea", "patchmatch"),
+    training: Mapping[str, Any] | None = None,
 ) -> str:
-    """The original design's one-liner for the model, LPIPS added, with a baseline's figures
-    beside it, and ``(undertrained: ...)`` when the model's training run was cut short
-    (``training``: see :func:`undertrained_note`)."""
+    """The original design's one-liner for the model, LPIPS added, with the baselines' figures
+    beside it (``baseline``: one name or several, those evaluated; a baseline run on a sample
+    says on how many images), and ``(undertrained: ...)`` when the model's training run was
+    cut short (``training``: see :func:`undertrained_note`)."""
     model = overall(summary, MODEL)
     if model is None:
         raise ValueError("The summary has no 'model' rows: nothing to report")
@@ -128,13 +137,20 @@ def headline(
         f"Mean SSIM: {model['ssim_mean']:.4f} ± {model['ssim_std']:.4f}, "
         f"Mean LPIPS: {_lpips_text(model)}"
     )
-    base = overall(summary, baseline)
-    if base is not None:
-        text += (
-            f" (n={int(model['n'])}; {METHOD_LABELS.get(baseline, baseline)}: "
-            f"{base['psnr_mean']:.2f} ± {base['psnr_std']:.2f} dB, "
-            f"{base['ssim_mean']:.4f} ± {base['ssim_std']:.4f}, LPIPS {_lpips_text(base)})"
+    parts = []
+    for name in [baseline] if isinstance(baseline, str) else baseline:
+        base = overall(summary, name)
+        if base is None:
+            continue
+        label = METHOD_LABELS.get(name, name)
+        if int(base["n"]) != int(model["n"]):
+            label += f" on {int(base['n'])} images"
+        parts.append(
+            f"{label}: {base['psnr_mean']:.2f} ± {base['psnr_std']:.2f} dB, "
+            f"{base['ssim_mean']:.4f} ± {base['ssim_std']:.4f}, LPIPS {_lpips_text(base)}"
         )
+    if parts:
+        text += f" (n={int(model['n'])}; " + "; ".join(parts) + ")"
     note = undertrained_note(training)
     if note:
         text += f" ({note})"
@@ -167,6 +183,131 @@ def mlflow_metrics(summary: pd.DataFrame) -> dict[str, dict[str, float | int]]:
     return out
 
 
+def paired_margins(per_image: pd.DataFrame, baseline: str, model: str = MODEL) -> pd.DataFrame:
+    """The model's paired margins over one baseline, overall and per hole-ratio bucket.
+
+    Images are paired by ``mask_id`` (the same image and mask); a baseline run on a sample
+    (biharmonic, PatchMatch) is compared on its sample only. For each of PSNR, SSIM and LPIPS
+    (those present and not all NaN): ``n`` pairs, the ``model`` and ``baseline`` means,
+    ``diff`` = mean of (model - baseline), ``stderr`` = std(diff, ddof=1) / sqrt(n) (NaN for
+    one pair) and ``won`` = share of pairs the model wins (higher PSNR/SSIM, lower LPIPS;
+    ties lost). Returns a long table with columns ``baseline, group_type ('overall'|'bucket'),
+    group, metric, n, model, baseline_mean, diff, stderr, won`` (empty when nothing pairs).
+    """
+    ours = per_image[per_image["method"] == model].set_index("mask_id")
+    theirs = per_image[per_image["method"] == baseline].set_index("mask_id")
+    common = ours.index.intersection(theirs.index, sort=False)
+    ours, theirs = ours.loc[common], theirs.loc[common]
+    rows = []
+    for metric, sign in MARGIN_METRICS.items():
+        if metric not in ours.columns or ours[metric].isna().all():
+            continue
+        pair = pd.DataFrame(
+            {"a": ours[metric], "b": theirs[metric], "bucket": ours["bucket"].astype(str)}
+        ).dropna(subset=["a", "b"])
+        groups = [("overall", "all", pair)]
+        groups += [
+            ("bucket", bucket, pair[pair["bucket"] == bucket])
+            for bucket in sorted(pair["bucket"].unique(), key=_bucket_rank)
+        ]
+        for group_type, group, part in groups:
+            if part.empty:
+                continue
+            diff = part["a"] - part["b"]
+            n = len(diff)
+            rows.append(
+                {
+                    "baseline": baseline,
+                    "group_type": group_type,
+                    "group": group,
+                    "metric": metric,
+                    "n": n,
+                    "model": float(part["a"].mean()),
+                    "baseline_mean": float(part["b"].mean()),
+                    "diff": float(diff.mean()),
+                    "stderr": float(diff.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan,
+                    "won": float((sign * diff > 0).mean()),
+                }
+            )
+    columns = ["baseline", "group_type", "group", "metric", "n", "model", "baseline_mean"]
+    return pd.DataFrame(rows, columns=[*columns, "diff", "stderr", "won"])
+
+
+def all_paired_margins(per_image: pd.DataFrame, model: str = MODEL) -> pd.DataFrame:
+    """:func:`paired_margins` of the model over every other method of the table, stacked."""
+    baselines = [m for m in _method_order(per_image["method"].unique()) if m != model]
+    frames = [paired_margins(per_image, b, model) for b in baselines]
+    frames = [f for f in frames if not f.empty]
+    return pd.concat(frames, ignore_index=True) if frames else paired_margins(per_image, "")
+
+
+def margin_metrics(margins: pd.DataFrame) -> dict[str, dict[str, float | int]]:
+    """Paired margins as MLflow metrics (``{name: {"value": v, "step": 0}}``):
+    ``model_vs_<baseline>.<metric>_diff`` / ``_stderr`` / ``_won`` overall and
+    ``model_vs_<baseline>.bucket_<lo>-<hi>.<metric>_diff`` per bucket."""
+    out: dict[str, dict[str, float | int]] = {}
+    for _, row in margins.iterrows():
+        prefix = f"model_vs_{row['baseline']}"
+        if row["group_type"] == "overall":
+            keys = ("diff", "stderr", "won")
+        else:
+            prefix, keys = f"{prefix}.bucket_{row['group']}", ("diff",)
+        for key in keys:
+            if not math.isnan(row[key]):
+                out[f"{prefix}.{row['metric']}_{key}"] = {"value": float(row[key]), "step": 0}
+    return out
+
+
+def _bucket_rank(bucket: str) -> tuple[int, str]:
+    return (BUCKETS.index(bucket) if bucket in BUCKETS else len(BUCKETS), bucket)
+
+
+def _margin_text(row: pd.Series, metric: str) -> str:
+    digits = 2 if metric == "psnr" else 4
+    se = "–" if math.isnan(row["stderr"]) else f"{row['stderr']:.{digits}f}"
+    return f"{row['diff']:+.{digits}f} ± {se} ({row['won']:.0%})"
+
+
+def margins_markdown(margins: pd.DataFrame) -> list[str]:
+    """Markdown lines: the paired margins overall (one row per baseline) and per bucket."""
+    if margins.empty:
+        return []
+    metrics = [m for m in MARGIN_METRICS if m in set(margins["metric"])]
+    baselines = list(dict.fromkeys(margins["baseline"]))
+    lines = [
+        "",
+        "## Paired margins of the model over each baseline",
+        "",
+        "Mean of (model − baseline) on the same images and masks ± its standard error, "
+        "and in brackets the share of images the model wins (higher PSNR/SSIM, lower LPIPS).",
+        "",
+    ]
+    overall_rows = margins[margins["group_type"] == "overall"]
+    rows = []
+    for baseline in baselines:
+        part = overall_rows[overall_rows["baseline"] == baseline].set_index("metric")
+        cells = [METHOD_LABELS.get(baseline, baseline), int(part["n"].max())]
+        cells += [_margin_text(part.loc[m], m) if m in part.index else "–" for m in metrics]
+        rows.append(cells)
+    lines += _table(["Baseline", "Images"] + [f"{m.upper()} margin" for m in metrics], rows)
+    buckets = margins[margins["group_type"] == "bucket"]
+    for metric in metrics:
+        part = buckets[buckets["metric"] == metric]
+        if part.empty:
+            continue
+        groups = sorted(part["group"].unique(), key=_bucket_rank)
+        rows = []
+        for group in groups:
+            cells = [group]
+            for baseline in baselines:
+                hit = part[(part["group"] == group) & (part["baseline"] == baseline)]
+                cells.append("–" if hit.empty else _margin_text(hit.iloc[0], metric))
+            rows.append(cells)
+        lines += ["", f"### {metric.upper()} margin per hole-ratio bucket", ""]
+        lines += _table(["Hole-ratio bucket"] + [METHOD_LABELS.get(b, b) for b in baselines], rows)
+    return lines
+
+
 # ------------------------------------------------------------------------------- markdown
 
 
@@ -188,10 +329,13 @@ def summary_markdown(
     summary: pd.DataFrame,
     notes: Sequence[str] = (),
     training: Mapping[str, Any] | None = None,
+    margins: pd.DataFrame | None = None,
 ) -> str:
-    """A Markdown report: headline, overall table, then PSNR/SSIM/LPIPS per hole-ratio bucket
-    and class. ``training``: the model's training summary; the headline then carries
-    ``(undertrained: ...)`` as the logged one does (:func:`headline`)."""
+    """A Markdown report: headline, overall table, the model's paired margins over each
+    baseline (``margins``, :func:`all_paired_margins`; overall and per bucket), then
+    PSNR/SSIM/LPIPS per hole-ratio bucket and class. ``training``: the model's training
+    summary; the headline then carries ``(undertrained: ...)`` as the logged one does
+    (:func:`headline`)."""
     methods = _method_order(summary["method"].unique())
     metrics = [m for m in METRICS if f"{m}_mean" in summary.columns]
     lines = ["# Evaluation on the test split", ""]
@@ -206,6 +350,8 @@ def summary_markdown(
             + [_fmt(row[f"{m}_mean"], row[f"{m}_std"], m) for m in metrics]
         )
     lines += _table(["Method", "Images"] + [METRIC_LABELS[m] for m in metrics], rows)
+    if margins is not None:
+        lines += margins_markdown(margins)
     for group_type, title in (("bucket", "hole-ratio bucket"), ("class", "class")):
         part = summary[summary["group_type"] == group_type]
         if part.empty:
@@ -297,13 +443,20 @@ def plot_metrics_vs_hole_ratio(per_image: pd.DataFrame) -> Figure:
 
 
 def select_examples(
-    per_image: pd.DataFrame, num_examples: int, method: str = MODEL, metric: str = "psnr"
+    per_image: pd.DataFrame,
+    num_examples: int,
+    method: str = MODEL,
+    metric: str = "psnr",
+    among: Sequence[str] | None = None,
 ) -> list[tuple[str, str]]:
     """(label, mask_id) of the best, median and worst images of ``method`` by ``metric``.
 
-    ``num_examples`` per kind (fewer when the test set is small; no image twice).
+    ``num_examples`` per kind (fewer when the test set is small; no image twice). ``among``:
+    choose only from these mask ids (e.g. the sample PatchMatch ran on), None = all.
     """
     rows = per_image[(per_image["method"] == method) & per_image[metric].notna()]
+    if among is not None:
+        rows = rows[rows["mask_id"].isin(set(among))]
     rows = rows.sort_values([metric, "mask_id"], ascending=[False, True]).reset_index(drop=True)
     n = len(rows)
     k = max(1, min(num_examples, n // 3 if n >= 3 else n))
@@ -322,28 +475,66 @@ def select_examples(
     return out
 
 
+def draw_holes(image: np.ndarray, valid: np.ndarray, colour=HOLE_COLOUR) -> np.ndarray:
+    """uint8 (H, W, 3) copy of ``image`` with the hole pixels (``valid`` False) in ``colour``."""
+    return np.where(valid[..., None], image, np.asarray(colour, dtype=np.uint8)).astype(np.uint8)
+
+
+def example_columns(methods: Sequence[str]) -> list[str]:
+    """The column titles of :func:`plot_examples` for fills of ``methods``, left to right."""
+    return [
+        f"input (holes in {HOLE_COLOUR_NAME})",
+        *[METHOD_LABELS.get(m, m) for m in methods],
+        "ground truth",
+    ]
+
+
 def plot_examples(
     images: np.ndarray,
     masks: np.ndarray,
-    outputs: np.ndarray,
+    fills: Mapping[str, np.ndarray],
     labels: Sequence[str],
+    scores: Mapping[str, Sequence[float]] | None = None,
 ) -> Figure:
-    """Rows of masked input | mask | output | composite | ground truth (uint8 RGB, mask 1=valid)."""
-    titles = ("masked input", "mask (white = valid)", "output", "composite", "ground truth")
+    """Rows of input with the holes in magenta | each method's fill | ground truth.
+
+    ``images`` uint8 (N, H, W, 3) ground truth, ``masks`` (N, H, W) 1/True = valid,
+    ``fills``: {method: uint8 (N, H, W, 3) output}, drawn left to right in that order as
+    composites (ground truth on valid pixels, the method's output in the hole), titled with
+    :data:`METHOD_LABELS`; ``scores``: {method: N composite PSNRs (dB)} added to the titles
+    (NaN: left out). Every panel carries its column's title; ``labels`` name the rows.
+    """
+    columns = example_columns(list(fills))
     n = len(images)
-    fig, axes = plt.subplots(max(n, 1), 5, figsize=(12, 2.5 * max(n, 1)), squeeze=False)
+    fig, axes = plt.subplots(
+        max(n, 1),
+        len(columns),
+        figsize=(2.4 * len(columns), 2.8 * max(n, 1)),
+        squeeze=False,
+        layout="constrained",  # room for every title and the suptitle, no overlaps
+    )
     for r in range(n):
-        valid = masks[r].astype(bool)
-        masked = np.where(valid[..., None], images[r], 255).astype(np.uint8)
-        comp = np.where(valid[..., None], images[r], outputs[r]).astype(np.uint8)
-        panels = (masked, valid.astype(np.uint8) * 255, outputs[r], comp, images[r])
+        valid = np.asarray(masks[r]).astype(bool)
+        panels = [draw_holes(images[r], valid)]
+        panels += [np.where(valid[..., None], images[r], fill[r]) for fill in fills.values()]
+        panels.append(images[r])
         for c, panel in enumerate(panels):
             ax = axes[r, c]
-            ax.imshow(panel, cmap="gray" if panel.ndim == 2 else None, vmin=0, vmax=255)
+            ax.imshow(panel.astype(np.uint8), vmin=0, vmax=255)
             ax.set_xticks([])
             ax.set_yticks([])
-            if r == 0:
-                ax.set_title(titles[c], fontsize=9)
+            title = columns[c]
+            method = list(fills)[c - 1] if 0 < c <= len(fills) else None
+            value = (scores or {}).get(method, [math.nan] * n)[r] if method else math.nan
+            if not math.isnan(value):
+                title += f"\nPSNR {value:.2f} dB"
+            elif c == 0:
+                title += f"\nhole ratio {(~valid).mean():.2f}"
+            ax.set_title(title, fontsize=8)
         axes[r, 0].set_ylabel(labels[r], fontsize=8)
-    fig.tight_layout()
+    fig.suptitle(
+        f"Holes drawn in {HOLE_COLOUR_NAME} in the input; each fill composited on the ground "
+        "truth outside the hole, with that composite's PSNR",
+        fontsize=9,
+    )
     return fig

@@ -34,9 +34,12 @@ class Chunk:
     images: np.ndarray
     masks: np.ndarray
     model_outputs: np.ndarray | None = None  # uint8 (n, H, W, 3), or None: no model scores
-    biharmonic: np.ndarray | None = None  # bool (n,): run the (slow) biharmonic baseline here
+    # {slow baseline: bool (n,)}: run it on these images only (baselines.SAMPLE_PARAMETERS);
+    # a baseline not named here runs on every image
+    samples: Mapping[str, np.ndarray] = field(default_factory=dict)
     methods: Sequence[str] = ()
-    # telea_radius, ns_radius (see baselines.get_baseline) and lpips_net ("alex", "vgg", None)
+    # the baselines' keys (telea_radius, ns_radius, patchmatch_patch_size, seed: see
+    # baselines.get_baseline) and lpips_net ("alex", "vgg", None)
     params: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -92,8 +95,8 @@ def score_chunk(chunk: Chunk) -> dict[str, dict[str, np.ndarray]]:
         out["model"] = {"positions": chunk.positions, **scores}
     for name in chunk.methods:
         keep = np.ones(len(chunk.images), dtype=bool)
-        if name == "biharmonic" and chunk.biharmonic is not None:
-            keep = np.asarray(chunk.biharmonic, dtype=bool)
+        if chunk.samples.get(name) is not None:
+            keep = np.asarray(chunk.samples[name], dtype=bool)
         if not keep.any():
             continue
         filled = bl.inpaint_batch(

@@ -32,6 +32,7 @@ PARAMS = conf_parameters("evaluate") | {
     "num_workers": 1,
     "progress_bar": False,
     "biharmonic_sample": 3,
+    "patchmatch_sample": 3,
     "num_examples": 1,
 }
 
@@ -112,7 +113,11 @@ def test_nodes_score_the_model_and_every_baseline_against_skimage() -> None:
         "biharmonic": 3,
         "mean_fill": 8,
         "pull_push": 8,
+        "patchmatch": 3,
     }
+    # The slow baselines share one seeded draw: equal sizes, the same images.
+    sampled = per_image.groupby("method")["mask_id"].apply(sorted)
+    assert sampled["patchmatch"] == sampled["biharmonic"]
     assert per_image.loc[per_image.method != "model", "ssim_raw"].isna().all()
 
     # The model's numbers against scikit-image on the composite, computed here from scratch.
@@ -138,8 +143,71 @@ def test_nodes_score_the_model_and_every_baseline_against_skimage() -> None:
     _summary, markdown, metrics = nodes.summarise_evaluation(per_image, PARAMS)
     assert "seeded random sample of 3 of the 8" in markdown
     assert metrics["model.n_images"]["value"] == 8.0
+    assert "PatchMatch (pypatchmatch) is slow: it ran on a seeded random sample of 3" in markdown
+    assert "## Paired margins of the model over each baseline" in markdown
+    assert "model_vs_patchmatch.psnr_diff" in metrics
     fig = nodes.plot_evaluation_examples(images, eval_set, eval_masks, outputs, per_image, PARAMS)
-    assert len(fig.axes) == 3 * 5
+    assert len(fig.axes) == 3 * 5  # the 3 images of the PatchMatch sample, 5 columns each
+    titles = [ax.get_title().split("\n")[0] for ax in fig.axes[:5]]
+    assert titles == [
+        "input (holes in magenta)",
+        "OpenCV Telea",
+        "PatchMatch (pypatchmatch)",
+        "PConv U-Net (ours)",
+        "ground truth",
+    ]
+    shown = {label.split("\n")[1] for label in (ax.get_ylabel() for ax in fig.axes[::5])}
+    assert shown == set(sampled["patchmatch"])
+    # each panel's PSNR is the scored one: Telea's recomputed fill is the one scored
+    pm_title = fig.axes[2].get_title()
+    first = fig.axes[0].get_ylabel().split("\n")[1]
+    scored = per_image[(per_image.method == "patchmatch") & (per_image.mask_id == first)]
+    assert f"PSNR {scored.psnr.iloc[0]:.2f} dB" in pm_title
+
+
+def test_the_slow_baselines_sample_is_seeded_and_reproducible() -> None:
+    """The sample is numpy's seeded draw without replacement, the same for the same seed."""
+    for n, size, seed in ((8, 3, 3), (1200, 100, 42)):
+        expected = np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
+        np.testing.assert_array_equal(nodes.seeded_sample(n, size, seed), expected)
+    np.testing.assert_array_equal(nodes.seeded_sample(5, None, 0), np.arange(5))
+    np.testing.assert_array_equal(nodes.seeded_sample(5, 9, 0), np.arange(5))
+    images, split, masks, index = _tiny_data()
+    eval_set, eval_masks = nodes.prepare_evaluation_set(split, index, masks)
+    outputs = np.zeros((N_IMAGES, SIZE, SIZE, 3), np.uint8)
+    params = PARAMS | {"baselines": ["patchmatch"], "lpips_net": "none"}
+    runs = [nodes.compute_metrics(images, eval_set, eval_masks, outputs, params) for _ in range(2)]
+    pd.testing.assert_frame_equal(runs[0], runs[1])  # same inputs + seed: same sample, scores
+    pm = runs[0][runs[0].method == "patchmatch"]
+    drawn = nodes.seeded_sample(N_IMAGES, 3, PARAMS["seed"])
+    assert sorted(pm.mask_id) == eval_set.mask_id.iloc[drawn].tolist()
+
+
+def test_patchmatch_missing_is_skipped_with_one_warning(monkeypatch, caplog) -> None:
+    monkeypatch.setitem(__import__("sys").modules, "patchmatch", None)  # `import patchmatch` fails
+    monkeypatch.setattr(nodes, "_WARNED_UNAVAILABLE", set())
+    images, split, masks, index = _tiny_data()
+    eval_set, eval_masks = nodes.prepare_evaluation_set(split, index, masks)
+    outputs = np.zeros((N_IMAGES, SIZE, SIZE, 3), np.uint8)
+    params = PARAMS | {"baselines": ["telea", "patchmatch"], "lpips_net": "none"}
+    with caplog.at_level("WARNING"):
+        for _ in range(2):  # the main and the large-hole scoring: one warning in all
+            per_image = nodes.compute_metrics(images, eval_set, eval_masks, outputs, params)
+    assert set(per_image.method) == {"model", "telea"}
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1
+    assert "Baseline patchmatch skipped: the pypatchmatch package cannot be imported" in (
+        warnings[0].getMessage()
+    )
+    _summary, markdown, _metrics = nodes.summarise_evaluation(per_image, params)
+    assert "PatchMatch (pypatchmatch) was not run: the pypatchmatch package" in markdown
+    fig = nodes.plot_evaluation_examples(images, eval_set, eval_masks, outputs, per_image, params)
+    assert [ax.get_title().split("\n")[0] for ax in fig.axes[:4]] == [
+        "input (holes in magenta)",
+        "OpenCV Telea",
+        "PConv U-Net (ours)",
+        "ground truth",
+    ]
 
 
 def test_mismatched_inputs_are_named() -> None:
@@ -209,7 +277,8 @@ def test_evaluate_pipeline_end_to_end(kedro_project: Path, capsys: pytest.Captur
     per_image = pd.read_csv(
         next((reporting / "evaluation_per_image.csv").iterdir()) / "evaluation_per_image.csv"
     )
-    assert len(per_image) == 8 * 5 + 3  # model, telea, navier_stokes, mean_fill, pull_push + 3
+    # model, telea, navier_stokes, mean_fill, pull_push + biharmonic and PatchMatch on 3 each
+    assert len(per_image) == 8 * 5 + 3 + 3
     # Rows scored in the worker processes line up with their images (reference: skimage).
     telea = per_image[per_image.method == "telea"].set_index("mask_id")
     for _, r in index.iterrows():
@@ -230,6 +299,11 @@ def test_evaluate_pipeline_end_to_end(kedro_project: Path, capsys: pytest.Captur
     assert run.data.metrics["evaluate.model.psnr_mean"] == pytest.approx(model_psnr.mean())
     assert run.data.metrics["evaluate.telea.ssim_mean"] == pytest.approx(
         summary.query("method == 'telea' and group_type == 'overall'")["ssim_mean"].iloc[0]
+    )
+    pm = per_image[per_image.method == "patchmatch"].set_index("mask_id")
+    paired = model_psnr.set_axis(per_image.loc[per_image.method == "model", "mask_id"])
+    assert run.data.metrics["evaluate.model_vs_patchmatch.psnr_diff"] == pytest.approx(
+        (paired.loc[pm.index] - pm["psnr"]).mean()
     )
     # The large-hole masks: their own rows (summary files, MLflow metrics), 5 sampled images.
     large = pd.read_csv(

@@ -22,6 +22,7 @@ from aerial_inpainting.inference import inpaint_image
 from aerial_inpainting.mlflow_model import encode_png
 from aerial_inpainting.pconv.unet import PConvUNet
 from aerial_inpainting.pipelines.training.nodes import pick_validation_set, train_model
+from aerial_inpainting.tracking import grid_header_height
 
 
 def test_train_model_node_outputs(tiny_inputs, make_params, tmp_path):
@@ -39,10 +40,11 @@ def test_train_model_node_outputs(tiny_inputs, make_params, tmp_path):
     assert metadata["model_config"]["depth"] == 2 and metadata["model_config"]["max_channels"] == 16
     assert metadata["training"]["steps_stage1"] == 4 and metadata["info"]["final_step"] == 7
     assert metadata["info"]["fingerprint"] and metadata["info"]["device"] == "cpu"
-    # the grids: lazy PNG partitions, one per validation, 2 images x 5 tiles of 32 px
+    # the grids: lazy PNG partitions, one per validation, titles + 2 images x 5 tiles of 32 px
     assert sorted(grids) == [f"val_grid_step{s:09d}" for s in (3, 6, 7)]
     grid = grids["val_grid_step000000007"]()
-    assert isinstance(grid, Image.Image) and grid.size == (5 * 32 + 4 * 2, 2 * 32 + 2)
+    height = grid_header_height(32) + 2 * 32 + 2
+    assert isinstance(grid, Image.Image) and grid.size == (5 * 32 + 4 * 2, height)
     # the model object carries how far its run got, saved in its file (for the headline)
     assert model.extra == {
         "training": {"steps": 7, "steps_configured": 7, "cut_short": False,

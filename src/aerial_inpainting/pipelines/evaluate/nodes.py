@@ -203,11 +203,39 @@ def predict_test_images(
     )
 
 
-def biharmonic_sample(n: int, size: int | None, seed: int) -> np.ndarray:
-    """Sorted indices of the seeded sample the slow biharmonic baseline runs on (all if size is None)."""
+def seeded_sample(n: int, size: int | None, seed: int) -> np.ndarray:
+    """Sorted indices of the seeded sample a slow baseline runs on (all if size is None).
+
+    One draw for every slow baseline (:data:`baselines.SAMPLE_PARAMETERS`): with equal sizes
+    and the same seed, biharmonic and PatchMatch run on the same images.
+    """
     if size is None or size >= n:
         return np.arange(n)
     return np.sort(np.random.default_rng(seed).choice(n, size=max(0, int(size)), replace=False))
+
+
+_WARNED_UNAVAILABLE: set[str] = set()
+
+
+def available_baselines(methods: list[str]) -> list[str]:
+    """``methods`` without the baselines that cannot run here (:func:`baselines.unavailable_reason`:
+    PatchMatch without its ``pypatchmatch`` wheel), each skipped with one WARNING per process
+    that says why."""
+    kept = []
+    for name in methods:
+        reason = bl.unavailable_reason(name)
+        if reason is None:
+            kept.append(name)
+        elif name not in _WARNED_UNAVAILABLE:
+            _WARNED_UNAVAILABLE.add(name)
+            logger.warning("Baseline %s skipped: %s", name, reason)
+    return kept
+
+
+def _baseline_params(params: EvaluateParams) -> dict[str, Any]:
+    """The ``evaluate:`` keys the baselines take (:data:`baselines.BASELINE_PARAMETERS`)."""
+    keys = {k for bound in bl.BASELINE_PARAMETERS.values() for k in bound.values()}
+    return {key: getattr(params, key) for key in sorted(keys)}
 
 
 def compute_metrics(
@@ -219,8 +247,10 @@ def compute_metrics(
 ) -> pd.DataFrame:
     """Per-image metrics of the model and every baseline: one row per image and method.
 
-    Biharmonic runs on a seeded sample (``biharmonic_sample``); chunks of
-    ``metrics_batch_size`` images are scored by ``num_workers`` processes (``auto``: one per CPU).
+    The slow baselines run on one seeded sample (``biharmonic_sample``, ``patchmatch_sample``
+    images: :func:`seeded_sample`); a baseline that cannot run here (PatchMatch without
+    ``pypatchmatch``) is skipped with one WARNING. Chunks of ``metrics_batch_size`` images
+    are scored by ``num_workers`` processes (``auto``: one per CPU).
     ``lpips_net`` (``alex``, ``vgg`` or ``none``) picks the LPIPS backbone; without its
     converted ImageNet weights the ``lpips`` column is NaN and one WARNING names the command
     that fetches them.
@@ -232,18 +262,19 @@ def compute_metrics(
         raise ValueError(
             f"evaluate.baselines: unknown baseline(s) {unknown}; choose from {list(bl.BASELINES)}"
         )
+    methods = available_baselines(methods)
     n = len(evaluation_set)
     workers = resolve_workers(params.num_workers)
     # Chunks small enough that every worker gets several (load balance), never above the batch size.
     chunk_size = max(1, min(params.metrics_batch_size, math.ceil(n / (4 * workers))))
     workers = min(workers, math.ceil(n / chunk_size))  # no idle processes on a tiny test set
-    in_sample = np.zeros(n, dtype=bool)
-    in_sample[biharmonic_sample(n, params.biharmonic_sample, params.seed)] = True
+    samples: dict[str, np.ndarray] = {}
+    for name, key in bl.SAMPLE_PARAMETERS.items():
+        if name in methods:
+            samples[name] = np.zeros(n, dtype=bool)
+            samples[name][seeded_sample(n, getattr(params, key), params.seed)] = True
     rows = evaluation_set["row"].to_numpy()
-    baseline_params: dict[str, Any] = {
-        "telea_radius": params.telea_radius,
-        "ns_radius": params.ns_radius,
-    }
+    baseline_params = _baseline_params(params)
     lpips_net = params.lpips_net
     size = tuple(evaluation_masks.shape[1:3]) if n else None
     baseline_params["lpips_net"] = lpips_net if n and lpips_available(lpips_net, size) else None
@@ -258,16 +289,16 @@ def compute_metrics(
                 images=np.asarray(images[rows[idx]]),
                 masks=evaluation_masks[idx],
                 model_outputs=model_outputs[idx],
-                biharmonic=in_sample[idx],
+                samples={name: sample[idx] for name, sample in samples.items()},
                 methods=methods,
                 params=baseline_params,
             )
 
     logger.info(
-        "Scoring %d test images: model + %s (biharmonic on %d), %d worker(s)",
+        "Scoring %d test images: model + %s%s, %d worker(s)",
         n,
         ", ".join(methods),
-        int(in_sample.sum()) if "biharmonic" in methods else 0,
+        "".join(f" ({name} on {int(s.sum())})" for name, s in samples.items()),
         workers,
     )
     collected: dict[str, list[dict[str, np.ndarray]]] = {}
@@ -296,19 +327,40 @@ def summarise_evaluation(
     params: Mapping[str, Any],
     model: torch.nn.Module | None = None,
 ) -> tuple[pd.DataFrame, str, dict[str, dict[str, float | int]]]:
-    """Summary table (CSV), the Markdown report and the MLflow metrics. ``model``: the
-    evaluated model; when its training run was cut short (``model.extra["training"]``), the
-    report's headline says so, as the logged headline does (:func:`report_headline`)."""
+    """Summary table (CSV), the Markdown report and the MLflow metrics.
+
+    The report and the metrics carry the model's paired margins over every baseline
+    (:func:`report.all_paired_margins`, overall and per hole-ratio bucket), and notes on the
+    slow baselines' samples and on any baseline skipped because it cannot run here.
+    ``model``: the evaluated model; when its training run was cut short
+    (``model.extra["training"]``), the report's headline says so, as the logged headline does
+    (:func:`report_headline`).
+    """
     params = EvaluateParams.parse(params)
     summary = report.summarise(evaluation_per_image)
+    margins = report.all_paired_margins(evaluation_per_image)
     notes = []
+    methods = set(evaluation_per_image["method"])
     n_model = int((evaluation_per_image["method"] == "model").sum())
-    n_bih = int((evaluation_per_image["method"] == "biharmonic").sum())
-    if n_bih and n_bih < n_model:
+    for name, key in bl.SAMPLE_PARAMETERS.items():
+        n_sampled = int((evaluation_per_image["method"] == name).sum())
+        if n_sampled and n_sampled < n_model:
+            notes.append(
+                f"{report.METHOD_LABELS.get(name, name)} is slow: it ran on a seeded random sample "
+                f"of {n_sampled} of the {n_model} test images (`evaluate.{key}`, seed "
+                f"{params.seed}); its figures are over that sample, and its paired margins "
+                "compare the model on the same images."
+            )
+    if "patchmatch" in methods:
         notes.append(
-            f"Biharmonic (slow) ran on a seeded random sample of {n_bih} of the {n_model} test images "
-            f"(`evaluate.biharmonic_sample`, seed {params.seed}); its figures are over that sample."
+            "PatchMatch (Barnes et al. 2009): the `pypatchmatch` wheel's exemplar-based fill, "
+            f"patch radius {params.patchmatch_patch_size} (`evaluate.patchmatch_patch_size`), "
+            f"its random search seeded with `evaluate.seed` ({params.seed})."
         )
+    for name in params.baselines:
+        reason = bl.unavailable_reason(name) if name not in methods else None
+        if reason:
+            notes.append(f"{report.METHOD_LABELS.get(name, name)} was not run: {reason}.")
     lpips_net = params.lpips_net
     if "lpips" in evaluation_per_image and evaluation_per_image["lpips"].notna().any():
         backbone = {"alex": "AlexNet", "vgg": "VGG-16"}.get(lpips_net, lpips_net)
@@ -323,13 +375,18 @@ def summarise_evaluation(
             "fetch`, or `evaluate.lpips_net` is none)."
         )
     training = (getattr(model, "extra", None) or {}).get("training")
-    markdown = report.summary_markdown(summary, notes, training=training)
-    return summary, markdown, report.mlflow_metrics(summary)
+    metrics = {**report.mlflow_metrics(summary), **report.margin_metrics(margins)}
+    markdown = report.summary_markdown(summary, notes, training=training, margins=margins)
+    return summary, markdown, metrics
 
 
 def plot_evaluation(evaluation_per_image: pd.DataFrame) -> Figure:
     """Each metric against hole ratio, for the model and every baseline."""
     return report.plot_metrics_vs_hole_ratio(evaluation_per_image)
+
+
+EXAMPLE_BASELINES = ("telea", "patchmatch")
+"""The baselines drawn beside the model in ``evaluation_examples`` (those that were scored)."""
 
 
 def plot_evaluation_examples(
@@ -340,26 +397,53 @@ def plot_evaluation_examples(
     evaluation_per_image: pd.DataFrame,
     params: Mapping[str, Any],
 ) -> Figure:
-    """The model's best, median and worst test images by composite PSNR."""
+    """The model's best, median and worst test images by composite PSNR, each beside OpenCV
+    Telea and PatchMatch (:data:`EXAMPLE_BASELINES`, those scored in ``evaluation_per_image``)
+    and the ground truth, with every panel's PSNR.
+
+    When PatchMatch was scored, the examples are chosen among the images of its sample
+    (:func:`seeded_sample`), so every row has it. The baselines' fills are recomputed for
+    these few images with the same parameters (deterministic: the scored fills).
+    """
     params = EvaluateParams.parse(params)
-    picks = report.select_examples(evaluation_per_image, params.num_examples)
+    per_image = evaluation_per_image
+    shown = [m for m in EXAMPLE_BASELINES if m in set(per_image["method"])]
+    among = None
+    if "patchmatch" in shown:
+        among = per_image.loc[per_image["method"] == "patchmatch", "mask_id"].tolist()
+    picks = report.select_examples(per_image, params.num_examples, among=among)
     position = {m: i for i, m in enumerate(evaluation_set["mask_id"])}
     idx = np.array([position[mask_id] for _, mask_id in picks], dtype=int)
+    truth = np.asarray(images[evaluation_set["row"].to_numpy()[idx]])
+    masks = evaluation_masks[idx]
+    fills = {
+        name: bl.inpaint_batch(bl.get_baseline(name, _baseline_params(params)), truth, masks)
+        for name in shown
+    }
+    fills[report.MODEL] = model_outputs[idx]
+    mask_ids = [mask_id for _, mask_id in picks]
+    scores = {}
+    for name in fills:
+        psnr = per_image[per_image["method"] == name].set_index("mask_id")["psnr"]
+        scores[name] = [float(psnr.get(m, np.nan)) for m in mask_ids]
     return report.plot_examples(
-        np.asarray(images[evaluation_set["row"].to_numpy()[idx]]),
-        evaluation_masks[idx],
-        model_outputs[idx],
-        [f"{label}\n{mask_id}" for label, mask_id in picks],
+        truth, masks, fills, [f"{label}\n{mask_id}" for label, mask_id in picks], scores
     )
 
 
+HEADLINE_BASELINES = ("telea", "patchmatch")
+"""The baselines whose figures the headline gives beside the model's (those evaluated): the
+best classical method of each family, diffusion and exemplar-based."""
+
+
 def report_headline(evaluation_summary: pd.DataFrame, model: torch.nn.Module) -> None:
-    """Log and print the headline: the model's composite PSNR/SSIM with Telea's beside it,
+    """Log and print the headline: the model's composite PSNR/SSIM/LPIPS with Telea's and
+    PatchMatch's beside it (:data:`HEADLINE_BASELINES`),
     and ``(undertrained: 219 of 6,000 steps in the 6-minute budget; ...)`` when the evaluated
     model's training run was cut short by its wall-time budget (the summary its file's header
     holds, ``model.extra["training"]``; a WARNING then)."""
     training = (getattr(model, "extra", None) or {}).get("training")
-    text = report.headline(evaluation_summary, baseline="telea", training=training)
+    text = report.headline(evaluation_summary, baseline=HEADLINE_BASELINES, training=training)
     if report.undertrained_note(training):
         logger.warning(text)
     else:
