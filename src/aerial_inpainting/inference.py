@@ -47,6 +47,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from aerial_inpainting.hole_regions import predict_in_regions, receptive_radius
 from aerial_inpainting.imaging.io import to_rgb8, upright
 from aerial_inpainting.pconv.devices import resolve_device
 
@@ -479,10 +480,35 @@ def _one_pass(
     overlap: int,
     progress: bool | None,
     name: str,
+    needed: np.ndarray | None = None,
+    max_side: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One run of the network over ``image`` (uint8 (H, W, 3)), in tiles when ``tile_size``
-    is given, else padded to a multiple of ``multiple``: (prediction float (H, W, 3) in
-    [0, 1], bool (H, W) of the pixels it reached)."""
+    """One run of the network over ``image`` (uint8 (H, W, 3)): (prediction float (H, W, 3)
+    in [0, 1], bool (H, W) of the pixels it reached).
+
+    With ``max_side`` (hole-aware, :mod:`aerial_inpainting.hole_regions`): the image is padded
+    to a multiple of ``multiple`` and the network runs only on crops (at most ``max_side``
+    a side) around the ``needed`` hole pixels (default: every hole pixel); the result equals
+    the whole padded image's on those pixels. Otherwise in tiles when ``tile_size`` is given,
+    else on the whole padded image.
+    """
+    if max_side is not None:
+        height, width = image.shape[:2]
+        ph, pw = _round_up(height, multiple), _round_up(width, multiple)
+        wanted = ~known if needed is None else needed & ~known
+        wanted_p = np.zeros((ph, pw), dtype=bool)
+        wanted_p[:height, :width] = wanted  # mirrored holes of the padding are context only
+        out, reach = predict_in_regions(
+            model,
+            _reflect_pad(image, ph, pw),
+            _reflect_pad(known, ph, pw),
+            device,
+            needed=wanted_p,
+            max_side=max_side,
+            progress=progress,
+            name=name,
+        )
+        return out[:height, :width], reach[:height, :width]
     if tile_size is not None:
         return _predict_tiled(
             model, image, known, device, multiple, int(tile_size), int(overlap), progress, name
@@ -503,11 +529,22 @@ def _half_size_fill(
     max_size: int,
     progress: bool | None,
     name: str,
+    targets: np.ndarray | None = None,
 ) -> np.ndarray:
     """:func:`fill_holes` of ``rgb`` shrunk 2x (:func:`_shrink2`), upsampled back (bilinear):
-    float (H, W, 3) in [0, 1], for the pixels the full-resolution pass could not reach."""
+    float (H, W, 3) in [0, 1], for the pixels the full-resolution pass could not reach
+    (only correct on ``targets`` when given: bool (H, W))."""
     height, width = rgb.shape[:2]
     small_rgb, small_valid = _shrink2(rgb, valid)
+    small_targets = None
+    if targets is not None:  # the blocks of the targets and their neighbours (bilinear)
+        h2, w2 = small_valid.shape
+        blocks = np.zeros((2 * h2, 2 * w2), dtype=bool)
+        blocks[:height, :width] = targets
+        small_targets = cv2.dilate(
+            blocks.reshape(h2, 2, w2, 2).any(axis=(1, 3)).astype(np.uint8),
+            np.ones((3, 3), np.uint8),
+        ).astype(bool)
     coarse = fill_holes(
         model,
         small_rgb,
@@ -519,6 +556,7 @@ def _half_size_fill(
         progress=progress,
         name=name,
         far_holes="coarse",
+        targets=small_targets,
     )
     return cv2.resize(
         coarse.astype(np.float32) / 255.0,
@@ -539,11 +577,21 @@ def fill_holes(
     progress: bool | None = False,
     name: str = "image",
     far_holes: str = "coarse",
+    targets: np.ndarray | None = None,
 ) -> np.ndarray:
     """Predict every hole pixel of ``rgb`` (uint8 (H, W, 3)); returns uint8 (H, W, 3).
 
     ``valid``: bool (H, W), True = keep; at least one pixel must be valid. The network runs
-    once at full resolution (padded, or in tiles, see :func:`inpaint_image`). Hole pixels it
+    once at full resolution, **hole-aware** for a PConvUNet (:mod:`aerial_inpainting.
+    hole_regions`): only on crops around the holes, each with the network's receptive radius
+    of context and at most ``tile_size`` (else ``max_size``) a side, so that every hole pixel
+    gets the prediction the network gives on the whole padded image (within float rounding;
+    no tile seams) and pixels far from any hole are never computed; an image without holes
+    makes no network call. Models whose receptive field is unknown (no
+    ``config.encoder_kernel``) run on the whole padded image, or in tiles of ``tile_size``
+    (``max_size`` for larger images) blended over ``overlap`` pixels (see
+    :func:`inpaint_image`). ``targets``: bool (H, W), the hole pixels the caller needs
+    (None: all); other hole pixels may then come back unfilled. Hole pixels the network
     could not reach (its last layer's mask is 0 there: with the CPU network, depth 5, those
     more than about 79 px from any valid pixel) are then filled by ``far_holes``:
 
@@ -566,6 +614,9 @@ def fill_holes(
     device = resolve_device(device)
     model.eval().to(device, memory_format=torch.channels_last)
     height, width = rgb.shape[:2]
+    max_side = None
+    if receptive_radius(model) is not None:  # hole-aware: crops around the holes
+        max_side = _round_up(max(int(tile_size or max_size), multiple), multiple)
     if tile_size is None and max(height, width) > max_size:
         tile_size = max_size
     tiled = tile_size is not None and max(height, width) > tile_size
@@ -575,9 +626,42 @@ def fill_holes(
     passes = 0
     while not known.all():
         passes += 1
+        first_targets = targets if passes == 1 and max_side is not None else None
         prediction, reached = _one_pass(
-            model, current, known, device, multiple, pass_tile, overlap, progress, name
+            model,
+            current,
+            known,
+            device,
+            multiple,
+            pass_tile,
+            overlap,
+            progress,
+            name,
+            needed=first_targets,
+            max_side=max_side,
         )
+        if first_targets is not None:
+            if (reached | known | ~first_targets).all():  # every target filled: done
+                new = reached & ~known
+                current[new] = _to_uint8_image(prediction[new])
+                return current
+            # Some targets need more passes, whose context is every pixel predicted in this
+            # one: predict the other holes too (a pixel's prediction does not depend on them).
+            rest = ~known & ~first_targets
+            more, more_reached = _one_pass(
+                model,
+                current,
+                known,
+                device,
+                multiple,
+                pass_tile,
+                overlap,
+                progress,
+                name,
+                needed=rest,
+                max_side=max_side,
+            )
+            prediction[rest], reached = more[rest], reached | (more_reached & rest)
         new = reached & ~known
         if not new.any():  # cannot happen with a PConvUNet (see above); never loop forever
             raise RuntimeError(f"{name}: pass {passes} filled no hole pixel")
@@ -586,7 +670,16 @@ def fill_holes(
         if far_holes == "coarse" and not known.all():
             todo = ~known
             coarse = _half_size_fill(
-                model, rgb, valid, device, tile_size, overlap, max_size, progress, name
+                model,
+                rgb,
+                valid,
+                device,
+                tile_size,
+                overlap,
+                max_size,
+                progress,
+                name,
+                targets=None if targets is None else targets & todo,
             )
             current[todo] = _to_uint8_image(coarse[todo])
             logger.info(
