@@ -12,15 +12,15 @@ zero padding reaches only ``R`` pixels inwards.
 
 1. the image is cut into cells of ``2**depth`` pixels; a cell holding a hole pixel is a
    *hole cell*;
-2. hole cells are dilated by ``k = ceil(R / 2**depth)`` cells; each connected component of
-   the result is a region (its bounding box is the crop, its hole cells are the pixels it
-   *owns*: the pixels whose prediction is taken from it);
+2. the cells holding a pixel within ``R`` of a hole pixel are marked; each connected
+   component of them is a region (its bounding box is the crop, its hole cells are the
+   pixels it *owns*: the pixels whose prediction is taken from it);
 3. regions are merged while one box around two costs no more pixels than the two apart;
 4. a region with a side above ``max_side`` is split into cores of ``max_side - 2 k`` cells,
-   each taken with ``k`` cells of context.
+   each taken with ``k = ceil(R / 2**depth)`` cells of context.
 
-Every hole cell is owned by exactly one crop, whose border is at least ``k * 2**depth >= R``
-pixels from it (or is the image's border). :func:`predict_in_regions` runs the network on
+Every hole pixel is owned by exactly one crop, whose border is farther than ``R`` pixels
+from it (or is the image's border). :func:`predict_in_regions` runs the network on
 the crops, batching crops of equal shape, and assembles the predictions; pixels outside every
 crop are never computed. For a network with ``prefill="pushpull"`` the pull-push pre-fill
 (an image-wide operation) is computed once on the whole image and only the U-Net runs on
@@ -126,25 +126,29 @@ def hole_regions(holes: np.ndarray, cell: int, margin: int, max_side: int) -> li
     grid = _cell_grid(holes, cell)
     if not grid.any():
         return []
-    gh, gw = grid.shape
     k = max(0, math.ceil(margin / cell))
     side = max(int(max_side) // cell, 2 * k + 2)
-    dilated = cv2.dilate(grid.astype(np.uint8), np.ones((2 * k + 1, 2 * k + 1), np.uint8))
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(dilated, connectivity=8)
+    # Cells within ``margin`` px (chessboard distance: the receptive field is a square) of a
+    # hole pixel: tighter than k whole cells around each hole cell.
+    distance = cv2.distanceTransform((~holes).astype(np.uint8), cv2.DIST_C, 3)
+    near = _cell_grid(distance <= margin, cell).astype(np.uint8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(near, connectivity=8)
     boxes = []
     for label in range(1, count):
         x, y, w, h = (int(v) for v in stats[label, :4])
         boxes.append((y, y + h, x, x + w))
     regions: list[Region] = []
     for group in _merge_boxes(boxes):
-        owned = np.isin(labels, [g + 1 for g in group]) & grid
-        regions.extend(_split(owned, k, side, gh, gw, cell))
+        component = np.isin(labels, [g + 1 for g in group])
+        regions.extend(_split(component & grid, component, k, side, cell))
     regions.sort(key=lambda r: (r.y0, r.x0))
     return regions
 
 
-def _split(owned: np.ndarray, k: int, side: int, gh: int, gw: int, cell: int) -> list[Region]:
-    """Crops (at most ``side`` cells a side) around the True cells of ``owned`` (gh, gw)."""
+def _split(owned: np.ndarray, component: np.ndarray, k: int, side: int, cell: int) -> list[Region]:
+    """Crops (at most ``side`` cells a side) around the True cells of ``owned`` (a grid of
+    cells): each crop is the bounding box of the ``component`` cells (those within the
+    margin of its owned cells) within ``k`` cells of its owned cells."""
     ys, xs = np.nonzero(owned)
     top, bottom, left, right = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
     core = side - 2 * k
@@ -163,8 +167,12 @@ def _split(owned: np.ndarray, k: int, side: int, gh: int, gw: int, cell: int) ->
         if not part.any():
             continue
         py, px = np.nonzero(part)
-        y0, y1 = max(0, py.min() - k), min(gh, py.max() + 1 + k)
-        x0, x1 = max(0, px.min() - k), min(gw, px.max() + 1 + k)
+        window = np.zeros_like(component)
+        window[max(0, py.min() - k) : py.max() + 1 + k, max(0, px.min() - k) : px.max() + 1 + k] = (
+            True
+        )
+        cy, cx = np.nonzero(component & window)
+        y0, y1, x0, x1 = cy.min(), cy.max() + 1, cx.min(), cx.max() + 1
         regions.append(
             Region(y0 * cell, y1 * cell, x0 * cell, x1 * cell, part[y0:y1, x0:x1].copy())
         )

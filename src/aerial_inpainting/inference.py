@@ -679,7 +679,7 @@ def fill_holes(
                 max_size,
                 progress,
                 name,
-                targets=None if targets is None else targets & todo,
+                targets=todo if targets is None else targets & todo,
             )
             current[todo] = _to_uint8_image(coarse[todo])
             logger.info(
