@@ -729,6 +729,7 @@ def inpaint_image(
     invert_mask: bool = False,
     progress: bool | None = False,
     name: str = "image",
+    backend: str = "torch",
 ) -> np.ndarray:
     """Fill the holes of ``image`` (any size) where ``mask`` is 0.
 
@@ -743,7 +744,13 @@ def inpaint_image(
     unchanged; a mask without any valid pixel is refused (:class:`InpaintingInputError`).
     Notes for the user (:class:`PreparedInputs`) are logged as warnings.
     The model is put in eval mode and moved to ``device`` in channels_last memory format.
+    ``backend``: ``"torch"`` (default) or ``"onnx"``: the network runs in onnxruntime on the
+    CPU (:func:`aerial_inpainting.onnx_backend.with_backend`, extra ``onnx``).
     """
+    if backend != "torch":
+        from aerial_inpainting.onnx_backend import with_backend
+
+        model = with_backend(model, backend)
     inputs = prepare_inputs(
         image, mask, threshold=threshold, invert_mask=invert_mask, name=name, mask_name=name
     )

@@ -157,6 +157,13 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--device", default="auto", help="torch device: auto (default), cpu, cuda, cuda:1, mps"
     )
     parser.add_argument(
+        "--backend",
+        choices=("torch", "onnx"),
+        default="torch",
+        help="run the network with PyTorch (default) or onnxruntime on the CPU (extra `onnx`; "
+        "the model is exported once and cached)",
+    )
+    parser.add_argument(
         "--threshold",
         type=_gray_level,
         default=None,
@@ -617,6 +624,20 @@ def load_trained_model(path: Path, pretrained: bool = False):
     return model
 
 
+def _with_backend(model, backend: str):
+    """``model`` run by ``backend`` (:func:`aerial_inpainting.onnx_backend.with_backend`),
+    or CliError (extra missing, export failed)."""
+    try:
+        from aerial_inpainting.onnx_backend import with_backend
+        from aerial_inpainting.onnx_export import OnnxDependencyError, OnnxExportError
+    except ImportError as exc:  # pragma: no cover - the modules ship with the package
+        raise CliError(f"--backend {backend}: {exc}") from exc
+    try:
+        return with_backend(model, backend)
+    except (OnnxDependencyError, OnnxExportError) as exc:
+        raise CliError(f"--backend {backend}: {_one_line(str(exc))}") from exc
+
+
 # ------------------------------------------------------------------ main
 @dataclass
 class PairOutcome:
@@ -650,6 +671,8 @@ class ModelSource:
             path = self.resolve()
             self._model = load_trained_model(path, pretrained=self.choice.pretrained)
             _say(self.args, self.choice.label)
+            if getattr(self.args, "backend", "torch") != "torch":
+                self._model = _with_backend(self._model, self.args.backend)
         return self._model
 
 
