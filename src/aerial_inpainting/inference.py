@@ -15,8 +15,14 @@ MLflow pyfunc model: :func:`prepare_inputs` reads an image/mask pair as the user
   otherwise its luminance composited on black is used.
 * **Padding**: the U-Net only accepts sides that are multiples of ``2**depth``, so every image
   is reflect-padded up to such a size (mask padded the same way, so mirrored holes stay
-  holes) and the result is cropped back. Images larger than ``max_size`` are cut into
-  overlapping tiles whose predictions are blended with linear ramps, which bounds memory.
+  holes) and the result is cropped back.
+* **Hole-aware** (:mod:`aerial_inpainting.hole_regions`): the network runs only on crops of
+  the padded image around the holes, each with the network's receptive radius of context,
+  aligned to ``2**depth`` and at most ``max_size`` (or ``tile_size``) a side, so hole pixels
+  get exactly the whole padded image's prediction, pixels far from any hole are never
+  computed, memory is bounded and an image without holes makes no network call. Models whose
+  receptive field is unknown (stand-ins without ``config.encoder_kernel``) run on the whole
+  padded image, or, above ``max_size``, in overlapping tiles blended with linear ramps.
 * **Every hole pixel is filled**: a U-Net of depth D only propagates the valid mask so far
   (about 79 px for depth 5); further inside a hole its last layer still has mask 0 and the
   output there is the partial convolution's zero default, not a prediction. Such pixels are
@@ -734,10 +740,11 @@ def inpaint_image(
     """Fill the holes of ``image`` (any size) where ``mask`` is 0.
 
     ``image``: PIL image or array (see :func:`load_image_input`); ``mask``: see
-    :func:`prepare_mask`. ``tile_size``: process in overlapping tiles of this size (rounded up
-    to a multiple of ``2**depth``); when None, tiles of ``max_size`` are used only if a side
-    exceeds ``max_size``. ``overlap``: pixels shared by neighbouring tiles, blended linearly.
-    ``progress``: tqdm bar over tiles (None = only on a terminal).
+    :func:`prepare_mask`. ``tile_size``: largest side of one network call (rounded up to a
+    multiple of ``2**depth``; default ``max_size``): the side of the hole-aware crops (see
+    :func:`fill_holes`), or, for a model of unknown receptive field, of overlapping tiles
+    (used when a side exceeds ``max_size``) blended over ``overlap`` pixels.
+    ``progress``: tqdm bar over crops or tiles (None = only on a terminal).
     Returns uint8 (H, W, 3) (or (H, W, 4) for an image with alpha, see
     :func:`compose_output`) whose kept pixels equal the input's exactly and whose every hole
     pixel is a prediction (:func:`fill_holes`). A mask without holes returns the image
