@@ -814,7 +814,7 @@ def _process_window(
         return holes
     if valid.any():
         wanted = np.zeros(valid.shape, dtype=bool)  # only the holes this window writes
-        wanted[sy, sx] = ~valid[sy, sx]
+        wanted[sy, sx] = ~kept[sy, sx]
         filled = fill_holes(
             model,
             arrays["rgb"],
