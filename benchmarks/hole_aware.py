@@ -4,8 +4,10 @@ For each hole layout an N x N 8-bit RGB GeoTIFF (tiled, DEFLATE, EPSG:32633, nod
 generated, then filled
 
 * by this project through :func:`aerial_inpainting.geotiff.inpaint_raster` (what
-  ``aerial-inpaint IN.tif OUT.tif`` calls; default windows of 2,048 px), with the shipped
-  model (or ``--model FILE``), counting the network calls and the pixels they computed;
+  ``aerial-inpaint IN.tif OUT.tif --fill-nodata all`` calls; default windows of 2,048 px),
+  with the shipped model (or ``--model FILE``), counting the network calls and the pixels
+  they computed (``fill_nodata="all"``: the stripes touch the border, which would otherwise
+  make them a no-data collar that is kept);
 * by OpenCV's Telea (``cv2.inpaint(rgb, holes, 3, cv2.INPAINT_TELEA)``) on the same raster:
   read whole, inpaint, written as a GeoTIFF with the same profile (``telea_seconds``), and
   the ``cv2.inpaint`` call alone (``telea_inpaint_seconds``);
@@ -146,7 +148,13 @@ def project(path: str, out: str, model_path: str | None, threads: int) -> dict[s
     baseline = current_rss_bytes()
     reset_peak_rss()
     start = time.perf_counter()
-    outcome = inpaint_raster(model, path, out, device="cpu")
+    # Every no-data pixel is a hole, the full-width stripes (which touch the border) too.
+    import inspect
+
+    options = {}
+    if "fill_nodata" in inspect.signature(inpaint_raster).parameters:
+        options["fill_nodata"] = "all"
+    outcome = inpaint_raster(model, path, out, device="cpu", **options)
     seconds = time.perf_counter() - start
     return {
         "seconds": seconds,
