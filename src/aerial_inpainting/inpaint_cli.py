@@ -171,16 +171,23 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="binarize a grey mask: valid where value >= threshold (default: refuse grey masks)",
     )
     parser.add_argument(
-        "--tile-size", type=_positive_int, default=None, help="force tiles of this size (pixels)"
+        "--tile-size",
+        type=_positive_int,
+        default=None,
+        help="largest side of one network call, in pixels (default: --max-size)",
     )
     parser.add_argument(
         "--max-size",
         type=_positive_int,
         default=1024,
-        help="images with a side above this are tiled (default 1024)",
+        help="the network runs on crops around the holes of at most this side (default 1024)",
     )
     parser.add_argument(
-        "--overlap", type=_non_negative_int, default=64, help="tile overlap in pixels (default 64)"
+        "--overlap",
+        type=_non_negative_int,
+        default=64,
+        help="tile overlap in pixels for models of unknown receptive field (default 64; the "
+        "project's networks take their receptive radius as context instead)",
     )
     parser.add_argument(
         "--project-dir", default=None, help="Kedro project to take the latest model from"
