@@ -813,8 +813,17 @@ def _process_window(
         dst.write(out, window=write_window)
         return holes
     if valid.any():
+        wanted = np.zeros(valid.shape, dtype=bool)  # only the holes this window writes
+        wanted[sy, sx] = ~kept[sy, sx]
         filled = fill_holes(
-            model, arrays["rgb"], valid, device, **tiling, progress=False, name=reader.name
+            model,
+            arrays["rgb"],
+            valid,
+            device,
+            **tiling,
+            progress=False,
+            name=reader.name,
+            targets=wanted,
         )[sy, sx]
     else:
         filled = _from_overview(

@@ -15,8 +15,14 @@ MLflow pyfunc model: :func:`prepare_inputs` reads an image/mask pair as the user
   otherwise its luminance composited on black is used.
 * **Padding**: the U-Net only accepts sides that are multiples of ``2**depth``, so every image
   is reflect-padded up to such a size (mask padded the same way, so mirrored holes stay
-  holes) and the result is cropped back. Images larger than ``max_size`` are cut into
-  overlapping tiles whose predictions are blended with linear ramps, which bounds memory.
+  holes) and the result is cropped back.
+* **Hole-aware** (:mod:`aerial_inpainting.hole_regions`): the network runs only on crops of
+  the padded image around the holes, each with the network's receptive radius of context,
+  aligned to ``2**depth`` and at most ``max_size`` (or ``tile_size``) a side, so hole pixels
+  get exactly the whole padded image's prediction, pixels far from any hole are never
+  computed, memory is bounded and an image without holes makes no network call. Models whose
+  receptive field is unknown (stand-ins without ``config.encoder_kernel``) run on the whole
+  padded image, or, above ``max_size``, in overlapping tiles blended with linear ramps.
 * **Every hole pixel is filled**: a U-Net of depth D only propagates the valid mask so far
   (about 79 px for depth 5); further inside a hole its last layer still has mask 0 and the
   output there is the partial convolution's zero default, not a prediction. Such pixels are
@@ -47,6 +53,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from aerial_inpainting.hole_regions import predict_in_regions, receptive_radius
 from aerial_inpainting.imaging.io import to_rgb8, upright
 from aerial_inpainting.pconv.devices import resolve_device
 
@@ -479,10 +486,35 @@ def _one_pass(
     overlap: int,
     progress: bool | None,
     name: str,
+    needed: np.ndarray | None = None,
+    max_side: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One run of the network over ``image`` (uint8 (H, W, 3)), in tiles when ``tile_size``
-    is given, else padded to a multiple of ``multiple``: (prediction float (H, W, 3) in
-    [0, 1], bool (H, W) of the pixels it reached)."""
+    """One run of the network over ``image`` (uint8 (H, W, 3)): (prediction float (H, W, 3)
+    in [0, 1], bool (H, W) of the pixels it reached).
+
+    With ``max_side`` (hole-aware, :mod:`aerial_inpainting.hole_regions`): the image is padded
+    to a multiple of ``multiple`` and the network runs only on crops (at most ``max_side``
+    a side) around the ``needed`` hole pixels (default: every hole pixel); the result equals
+    the whole padded image's on those pixels. Otherwise in tiles when ``tile_size`` is given,
+    else on the whole padded image.
+    """
+    if max_side is not None:
+        height, width = image.shape[:2]
+        ph, pw = _round_up(height, multiple), _round_up(width, multiple)
+        wanted = ~known if needed is None else needed & ~known
+        wanted_p = np.zeros((ph, pw), dtype=bool)
+        wanted_p[:height, :width] = wanted  # mirrored holes of the padding are context only
+        out, reach = predict_in_regions(
+            model,
+            _reflect_pad(image, ph, pw),
+            _reflect_pad(known, ph, pw),
+            device,
+            needed=wanted_p,
+            max_side=max_side,
+            progress=progress,
+            name=name,
+        )
+        return out[:height, :width], reach[:height, :width]
     if tile_size is not None:
         return _predict_tiled(
             model, image, known, device, multiple, int(tile_size), int(overlap), progress, name
@@ -503,11 +535,22 @@ def _half_size_fill(
     max_size: int,
     progress: bool | None,
     name: str,
+    targets: np.ndarray | None = None,
 ) -> np.ndarray:
     """:func:`fill_holes` of ``rgb`` shrunk 2x (:func:`_shrink2`), upsampled back (bilinear):
-    float (H, W, 3) in [0, 1], for the pixels the full-resolution pass could not reach."""
+    float (H, W, 3) in [0, 1], for the pixels the full-resolution pass could not reach
+    (only correct on ``targets`` when given: bool (H, W))."""
     height, width = rgb.shape[:2]
     small_rgb, small_valid = _shrink2(rgb, valid)
+    small_targets = None
+    if targets is not None:  # the blocks of the targets and their neighbours (bilinear)
+        h2, w2 = small_valid.shape
+        blocks = np.zeros((2 * h2, 2 * w2), dtype=bool)
+        blocks[:height, :width] = targets
+        small_targets = cv2.dilate(
+            blocks.reshape(h2, 2, w2, 2).any(axis=(1, 3)).astype(np.uint8),
+            np.ones((3, 3), np.uint8),
+        ).astype(bool)
     coarse = fill_holes(
         model,
         small_rgb,
@@ -519,6 +562,7 @@ def _half_size_fill(
         progress=progress,
         name=name,
         far_holes="coarse",
+        targets=small_targets,
     )
     return cv2.resize(
         coarse.astype(np.float32) / 255.0,
@@ -539,11 +583,21 @@ def fill_holes(
     progress: bool | None = False,
     name: str = "image",
     far_holes: str = "coarse",
+    targets: np.ndarray | None = None,
 ) -> np.ndarray:
     """Predict every hole pixel of ``rgb`` (uint8 (H, W, 3)); returns uint8 (H, W, 3).
 
     ``valid``: bool (H, W), True = keep; at least one pixel must be valid. The network runs
-    once at full resolution (padded, or in tiles, see :func:`inpaint_image`). Hole pixels it
+    once at full resolution, **hole-aware** for a PConvUNet (:mod:`aerial_inpainting.
+    hole_regions`): only on crops around the holes, each with the network's receptive radius
+    of context and at most ``tile_size`` (else ``max_size``) a side, so that every hole pixel
+    gets the prediction the network gives on the whole padded image (within float rounding;
+    no tile seams) and pixels far from any hole are never computed; an image without holes
+    makes no network call. Models whose receptive field is unknown (no
+    ``config.encoder_kernel``) run on the whole padded image, or in tiles of ``tile_size``
+    (``max_size`` for larger images) blended over ``overlap`` pixels (see
+    :func:`inpaint_image`). ``targets``: bool (H, W), the hole pixels the caller needs
+    (None: all); other hole pixels may then come back unfilled. Hole pixels the network
     could not reach (its last layer's mask is 0 there: with the CPU network, depth 5, those
     more than about 79 px from any valid pixel) are then filled by ``far_holes``:
 
@@ -566,6 +620,9 @@ def fill_holes(
     device = resolve_device(device)
     model.eval().to(device, memory_format=torch.channels_last)
     height, width = rgb.shape[:2]
+    max_side = None
+    if receptive_radius(model) is not None:  # hole-aware: crops around the holes
+        max_side = _round_up(max(int(tile_size or max_size), multiple), multiple)
     if tile_size is None and max(height, width) > max_size:
         tile_size = max_size
     tiled = tile_size is not None and max(height, width) > tile_size
@@ -575,9 +632,42 @@ def fill_holes(
     passes = 0
     while not known.all():
         passes += 1
+        first_targets = targets if passes == 1 and max_side is not None else None
         prediction, reached = _one_pass(
-            model, current, known, device, multiple, pass_tile, overlap, progress, name
+            model,
+            current,
+            known,
+            device,
+            multiple,
+            pass_tile,
+            overlap,
+            progress,
+            name,
+            needed=first_targets,
+            max_side=max_side,
         )
+        if first_targets is not None:
+            if (reached | known | ~first_targets).all():  # every target filled: done
+                new = reached & ~known
+                current[new] = _to_uint8_image(prediction[new])
+                return current
+            # Some targets need more passes, whose context is every pixel predicted in this
+            # one: predict the other holes too (a pixel's prediction does not depend on them).
+            rest = ~known & ~first_targets
+            more, more_reached = _one_pass(
+                model,
+                current,
+                known,
+                device,
+                multiple,
+                pass_tile,
+                overlap,
+                progress,
+                name,
+                needed=rest,
+                max_side=max_side,
+            )
+            prediction[rest], reached = more[rest], reached | (more_reached & rest)
         new = reached & ~known
         if not new.any():  # cannot happen with a PConvUNet (see above); never loop forever
             raise RuntimeError(f"{name}: pass {passes} filled no hole pixel")
@@ -586,7 +676,16 @@ def fill_holes(
         if far_holes == "coarse" and not known.all():
             todo = ~known
             coarse = _half_size_fill(
-                model, rgb, valid, device, tile_size, overlap, max_size, progress, name
+                model,
+                rgb,
+                valid,
+                device,
+                tile_size,
+                overlap,
+                max_size,
+                progress,
+                name,
+                targets=todo if targets is None else targets & todo,
             )
             current[todo] = _to_uint8_image(coarse[todo])
             logger.info(
@@ -636,21 +735,29 @@ def inpaint_image(
     invert_mask: bool = False,
     progress: bool | None = False,
     name: str = "image",
+    backend: str = "torch",
 ) -> np.ndarray:
     """Fill the holes of ``image`` (any size) where ``mask`` is 0.
 
     ``image``: PIL image or array (see :func:`load_image_input`); ``mask``: see
-    :func:`prepare_mask`. ``tile_size``: process in overlapping tiles of this size (rounded up
-    to a multiple of ``2**depth``); when None, tiles of ``max_size`` are used only if a side
-    exceeds ``max_size``. ``overlap``: pixels shared by neighbouring tiles, blended linearly.
-    ``progress``: tqdm bar over tiles (None = only on a terminal).
+    :func:`prepare_mask`. ``tile_size``: largest side of one network call (rounded up to a
+    multiple of ``2**depth``; default ``max_size``): the side of the hole-aware crops (see
+    :func:`fill_holes`), or, for a model of unknown receptive field, of overlapping tiles
+    (used when a side exceeds ``max_size``) blended over ``overlap`` pixels.
+    ``progress``: tqdm bar over crops or tiles (None = only on a terminal).
     Returns uint8 (H, W, 3) (or (H, W, 4) for an image with alpha, see
     :func:`compose_output`) whose kept pixels equal the input's exactly and whose every hole
     pixel is a prediction (:func:`fill_holes`). A mask without holes returns the image
     unchanged; a mask without any valid pixel is refused (:class:`InpaintingInputError`).
     Notes for the user (:class:`PreparedInputs`) are logged as warnings.
     The model is put in eval mode and moved to ``device`` in channels_last memory format.
+    ``backend``: ``"torch"`` (default) or ``"onnx"``: the network runs in onnxruntime on the
+    CPU (:func:`aerial_inpainting.onnx_backend.with_backend`, extra ``onnx``).
     """
+    if backend != "torch":
+        from aerial_inpainting.onnx_backend import with_backend
+
+        model = with_backend(model, backend)
     inputs = prepare_inputs(
         image, mask, threshold=threshold, invert_mask=invert_mask, name=name, mask_name=name
     )

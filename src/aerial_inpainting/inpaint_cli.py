@@ -157,6 +157,13 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--device", default="auto", help="torch device: auto (default), cpu, cuda, cuda:1, mps"
     )
     parser.add_argument(
+        "--backend",
+        choices=("torch", "onnx"),
+        default="torch",
+        help="run the network with PyTorch (default) or onnxruntime on the CPU (extra `onnx`; "
+        "the model is exported once and cached)",
+    )
+    parser.add_argument(
         "--threshold",
         type=_gray_level,
         default=None,
@@ -164,16 +171,23 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="binarize a grey mask: valid where value >= threshold (default: refuse grey masks)",
     )
     parser.add_argument(
-        "--tile-size", type=_positive_int, default=None, help="force tiles of this size (pixels)"
+        "--tile-size",
+        type=_positive_int,
+        default=None,
+        help="largest side of one network call, in pixels (default: --max-size)",
     )
     parser.add_argument(
         "--max-size",
         type=_positive_int,
         default=1024,
-        help="images with a side above this are tiled (default 1024)",
+        help="the network runs on crops around the holes of at most this side (default 1024)",
     )
     parser.add_argument(
-        "--overlap", type=_non_negative_int, default=64, help="tile overlap in pixels (default 64)"
+        "--overlap",
+        type=_non_negative_int,
+        default=64,
+        help="tile overlap in pixels for models of unknown receptive field (default 64; the "
+        "project's networks take their receptive radius as context instead)",
     )
     parser.add_argument(
         "--project-dir", default=None, help="Kedro project to take the latest model from"
@@ -617,6 +631,20 @@ def load_trained_model(path: Path, pretrained: bool = False):
     return model
 
 
+def _with_backend(model, backend: str):
+    """``model`` run by ``backend`` (:func:`aerial_inpainting.onnx_backend.with_backend`),
+    or CliError (extra missing, export failed)."""
+    try:
+        from aerial_inpainting.onnx_backend import with_backend
+        from aerial_inpainting.onnx_export import OnnxDependencyError, OnnxExportError
+    except ImportError as exc:  # pragma: no cover - the modules ship with the package
+        raise CliError(f"--backend {backend}: {exc}") from exc
+    try:
+        return with_backend(model, backend)
+    except (OnnxDependencyError, OnnxExportError) as exc:
+        raise CliError(f"--backend {backend}: {_one_line(str(exc))}") from exc
+
+
 # ------------------------------------------------------------------ main
 @dataclass
 class PairOutcome:
@@ -650,6 +678,8 @@ class ModelSource:
             path = self.resolve()
             self._model = load_trained_model(path, pretrained=self.choice.pretrained)
             _say(self.args, self.choice.label)
+            if getattr(self.args, "backend", "torch") != "torch":
+                self._model = _with_backend(self._model, self.args.backend)
         return self._model
 
 

@@ -251,9 +251,24 @@ class PConvUNet(nn.Module):
         self, image: torch.Tensor, mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """pre-fill + U-Net(cat(pre-fill, mask)) under an all-valid mask."""
-        filled = pull_push_fill(image, mask).to(image.dtype)
+        return self.forward_on_prefill(pull_push_fill(image, mask).to(image.dtype), mask)
+
+    def forward_on_prefill(
+        self, filled: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A prefilled network's output from its pre-fill: ``filled`` (N, C, H, W), the
+        pull-push fill of the image (:func:`pull_push_fill`), ``mask`` (N, 1, H, W), 1 = valid.
+
+        Returns ``(filled + U-Net correction, reached)``; reached is 1 on every pixel of a
+        sample with a valid pixel. The pre-fill is image-wide, the correction local (it sees
+        the receptive radius only): hole-aware inference computes the pre-fill once on the
+        whole image and this on crops (:mod:`aerial_inpainting.hole_regions`).
+        Raises ValueError for a network without a pre-fill.
+        """
+        if self.config.prefill == "none":
+            raise ValueError("forward_on_prefill: this network has no pre-fill (prefill='none')")
         everywhere = torch.ones_like(mask)
-        correction, _ = self._unet(torch.cat([filled, mask.to(image.dtype)], dim=1), everywhere)
+        correction, _ = self._unet(torch.cat([filled, mask.to(filled.dtype)], dim=1), everywhere)
         reached = (mask.flatten(1).amax(dim=1) > 0).to(mask.dtype).view(-1, 1, 1, 1)
         return filled + correction, reached.expand_as(mask)
 
