@@ -7,9 +7,9 @@ Built on Gradio (optional extra: ``pip install "aerial_inpainting[app]"``). The 
 2. *Hole*: painted with the brush of the image editor (any colour; every painted pixel,
    however faint, is a hole), or a mask file (white = keep, black = fill; grey masks are
    thresholded at 128, as ``aerial-inpaint --threshold 128``).
-3. *Model*: the shipped model, the Kedro project's latest trained model (offered, and
-   preselected, when the server was started inside a project that has one, as
-   ``aerial-inpaint`` does without ``--model``), or an MLflow URI / model file typed in a box; all
+3. *Model*: the shipped model, the Kedro project's latest trained model (offered when
+   the server was started inside a project that has one; preselected when ``aerial-inpaint``
+   without ``--model`` would take it: its recorded test score not below the shipped model's), or an MLflow URI / model file typed in a box; all
    resolved and loaded by the CLI's own functions (:func:`~aerial_inpainting.inpaint_cli.choose_model`,
    :func:`~aerial_inpainting.inpaint_cli.load_trained_model`).
 4. One button: side by side, the input with the hole (magenta), OpenCV Telea's fill
@@ -169,14 +169,26 @@ class ModelCache:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def project_model(self) -> Path | None:
-        """The project's latest trained model file, or None (outside a project, or none)."""
+        """The project's latest trained model file, or None (outside a project, or none
+        trained yet): offered on the page whatever its score."""
+        from aerial_inpainting.inpaint_cli import (
+            MODEL_DATASET_PATH,
+            find_project_root,
+            latest_model_version,
+        )
+
+        root = Path(self.project_dir) if self.project_dir else find_project_root()
+        return None if root is None else latest_model_version(Path(root) / MODEL_DATASET_PATH)
+
+    def auto_choice_is_project(self) -> bool:
+        """Whether ``aerial-inpaint`` without ``--model`` would take the project's model
+        (its recorded test score not below the shipped model's: the page preselects the same)."""
         from aerial_inpainting.inpaint_cli import CliError, choose_model
 
         try:
-            choice = choose_model(None, self.project_dir)
+            return not choose_model(None, self.project_dir).pretrained
         except CliError:
-            return None
-        return None if choice.pretrained else choice.path
+            return False
 
     def get(self, kind: str, text: str | None = None) -> tuple[Any, str]:
         """(model, label saying which) for a choice of the page; PageError when unusable."""
@@ -185,7 +197,10 @@ class ModelCache:
         if kind == MODEL_SHIPPED:
             spec = "pretrained"
         elif kind == MODEL_PROJECT:
-            spec = None
+            path = self.project_model()
+            if path is None:
+                raise PageError("this project has no trained model yet: run `kedro run` first")
+            spec = str(path)
         elif kind == MODEL_OTHER:
             spec = (text or "").strip()
             if not spec:
@@ -429,8 +444,9 @@ def build_app(config: ServeConfig, work_dir: Path):
     sessions = SessionFiles(work_dir)
     project_model = models.project_model()
     choices = [MODEL_SHIPPED] + ([MODEL_PROJECT] if project_model else []) + [MODEL_OTHER]
-    # As aerial-inpaint: --model, else the project's latest trained model, else the shipped one.
-    default_kind = MODEL_PROJECT if project_model else MODEL_SHIPPED
+    # As aerial-inpaint: --model, else the project's latest trained model when its recorded
+    # test score is not below the shipped model's, else the shipped one.
+    default_kind = MODEL_PROJECT if project_model and models.auto_choice_is_project() else MODEL_SHIPPED
     default_text = ""
     if config.model == "pretrained":
         default_kind = MODEL_SHIPPED

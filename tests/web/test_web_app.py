@@ -12,8 +12,10 @@ import cv2
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
+from support.model_scores import shipped_psnr, write_score
 
 from aerial_inpainting import inpaint_cli, web_app
+from aerial_inpainting.pconv.checkpoint import load_model
 from aerial_inpainting.web_app import PageError
 
 MB = 2**20
@@ -235,8 +237,8 @@ def test_model_choices(tmp_path: Path, model_file: Path, kedro_project: Path, mo
     shutil.copy2(model_file, version / "pconv_unet.safetensors")
     inside = web_app.ModelCache()
     assert inside.project_model() == version / "pconv_unet.safetensors"
-    _, label = inside.get(web_app.MODEL_PROJECT)
-    assert "latest trained model of the project" in label
+    _, label = inside.get(web_app.MODEL_PROJECT)  # offered whatever its score
+    assert str(version / "pconv_unet.safetensors") in label
 
 
 def test_session_files_are_deleted(tmp_path: Path) -> None:
@@ -292,8 +294,14 @@ def test_page_preselects_the_model_as_the_cli(
     version = kedro_project / inpaint_cli.MODEL_DATASET_PATH / "2026-01-01T00.00.00.000Z"
     version.mkdir(parents=True)
     shutil.copy2(model_file, version / "pconv_unet.safetensors")
+    # No recorded score for the project's model: offered, but the shipped one is preselected,
+    # as aerial-inpaint would take it.
     inside = _model_radio(web_app.build_app(web_app.ServeConfig(), tmp_path))
-    assert inside.value == web_app.MODEL_PROJECT
+    assert inside.value == web_app.MODEL_SHIPPED
     assert web_app.MODEL_PROJECT in [c[0] for c in inside.choices]
+    # A (made-up) test score above the shipped model's: the project's model is preselected.
+    write_score(kedro_project, load_model(version / "pconv_unet.safetensors"), shipped_psnr() + 1)
+    better = _model_radio(web_app.build_app(web_app.ServeConfig(), tmp_path))
+    assert better.value == web_app.MODEL_PROJECT
     shipped = web_app.build_app(web_app.ServeConfig(model="pretrained"), tmp_path)
     assert _model_radio(shipped).value == web_app.MODEL_SHIPPED
