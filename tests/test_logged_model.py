@@ -23,10 +23,15 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
-def tracking(tmp_path):
-    """A sqlite MLflow store in tmp_path as the tracking URI; the client on it."""
+def tracking(tmp_path, monkeypatch):
+    """A sqlite MLflow store in tmp_path as the tracking URI, with an experiment of its own
+    made active (an experiment id left active by an earlier test names another store's); the
+    client on it."""
     previous = mlflow.get_tracking_uri()
+    for variable in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(variable, raising=False)
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    mlflow.set_experiment("logged_model_test")
     try:
         yield mlflow.MlflowClient()
     finally:

@@ -53,6 +53,9 @@ def _tiny_params(tmp_path, **overrides: Any) -> dict[str, Any]:
     params: dict[str, Any] = {
         "seed": 7,
         "device": "cpu",
+        # fp32 whatever the CPU: `auto` means bf16 on CPUs with native bf16, and these runs are
+        # compared with each other at tight tolerances (precision has its own tests)
+        "precision": "fp32",
         "model": {"depth": 2, "base_channels": 4, "max_channels": 16},
         "train_size": 16,
         "batch_size": 2,

@@ -54,6 +54,7 @@ def tiny_params(tmp: Path, **overrides: Any) -> dict[str, Any]:
     params: dict[str, Any] = {
         "seed": 3,
         "device": "cpu",
+        "precision": "fp32",  # not `auto` (bf16 on CPUs with native bf16): runs are compared
         "model": {"depth": 2, "base_channels": 4, "max_channels": 8},
         "train_size": 16,
         "batch_size": GLOBAL_BATCH // 2,  # per process
