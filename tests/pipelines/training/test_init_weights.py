@@ -32,7 +32,11 @@ def test_the_base_recipe_has_the_shipped_network() -> None:
 def test_training_starts_from_the_shipped_weights(tiny_inputs, make_params) -> None:
     config = json.loads(SHIPPED.with_suffix(".json").read_text())["config"]
     params = make_params(
-        model={k: config[k] for k in ("depth", "base_channels", "max_channels")},
+        model={
+            k: config[k]
+            for k in ("depth", "base_channels", "max_channels", "prefill")
+            if k in config
+        },
         train_size=32,  # 2**depth
         steps_stage1=1,
         steps_stage2=1,
