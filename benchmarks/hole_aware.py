@@ -138,13 +138,19 @@ def project(path: str, out: str, model_path: str | None, threads: int) -> dict[s
     cv2.setNumThreads(threads)
     model = _model(model_path)
     calls: list[tuple[int, ...]] = []
-    original = model.forward_with_mask
 
-    def counted(x: Any, m: Any) -> Any:
-        calls.append(tuple(x.shape))
-        return original(x, m)
+    def counting(method: Any) -> Any:
+        def counted(x: Any, m: Any) -> Any:
+            calls.append(tuple(x.shape))
+            return method(x, m)
 
-    model.forward_with_mask = counted
+        return counted
+
+    # The network's two entries: the image with holes, or (prefilled networks, whose pre-fill
+    # the hole-aware path computes once per window) the pre-filled image.
+    for name in ("forward_with_mask", "forward_on_prefill"):
+        if hasattr(model, name):
+            setattr(model, name, counting(getattr(model, name)))
     baseline = current_rss_bytes()
     reset_peak_rss()
     start = time.perf_counter()
