@@ -41,7 +41,7 @@ from aerial_inpainting.pconv.train import TrainingCallback, TrainingData, train
 logger = logging.getLogger("gpu_run")
 ROOT = Path(__file__).resolve().parents[2]
 POOL_STREAM = 3  # the mask pool's seed stream (0-2: the project's test, train, val masks)
-ARMS = {"none": {}, "pushpull": {"model": {"prefill": "pushpull"}}}
+ARMS = {"none": {"model": {"prefill": "none"}}, "pushpull": {"model": {"prefill": "pushpull"}}}
 
 
 def merged(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
