@@ -233,6 +233,21 @@ def test_auto_precision_on_the_cpu_follows_its_bf16_instructions(monkeypatch):
     assert resolve_precision("fp32", torch.device("cpu")) == "fp32"  # forcing wins
 
 
+def test_validation_computes_in_float32_whatever_the_training_precision(make_params, monkeypatch):
+    """A bf16 run validates in float32: its figures compare with an fp32 run's and with the
+    evaluate pipeline's (which never autocasts)."""
+    seen = []
+
+    def recording_validate(model, images, masks, autocast_dtype, device):
+        seen.append(autocast_dtype)
+        return real_validate(model, images, masks, autocast_dtype, device)
+
+    real_validate = T.validate
+    monkeypatch.setattr(T, "validate", recording_validate)
+    _run(make_params(precision="bf16", val_every=2))
+    assert seen and all(dtype is None for dtype in seen), seen
+
+
 def test_device_and_precision_choice():
     assert resolve_num_workers("auto", torch.device("cpu")) == 0
     if not torch.cuda.is_available():
